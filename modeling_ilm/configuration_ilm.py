@@ -1,0 +1,104 @@
+"""Configuration of the Item-Language Model (ILM, arXiv 2406.02844).
+
+Built like transformers' BLIP-2 config: a Q-Former sub-config for the item encoder and a
+`text_config` for the frozen causal LM, resolved through `AutoConfig` so any causal LM works.
+"""
+
+from transformers import AutoConfig, Blip2QFormerConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+ADAPTER_TYPES = ("qformer", "mlp")
+PHASE1_LOSSES = ("itc", "itm", "itg", "item_item", "user_item")
+
+
+class ILMConfig(PreTrainedConfig):
+    r"""
+    Args:
+        qformer_config (`dict` or `Blip2QFormerConfig`):
+            The item encoder: a BERT-style Q-Former (hidden size, layers, heads, `cross_attention_frequency`).
+            Its `encoder_hidden_size` is the width the CF embedding is projected to before cross-attention.
+        text_config (`dict` or `PreTrainedConfig`):
+            The frozen causal LM (Llama/SmolLM, Qwen2, GPT-2, ...). Defaults to a Llama config.
+        num_query_tokens (`int`):
+            Learned queries of the Q-Former, i.e. LLM tokens per item/user.
+        cf_dim (`int`):
+            Width of the collaborative-filtering embeddings (item and user tables share it).
+        num_cf_tokens (`int`):
+            The CF vector is projected into this many key/value tokens for the cross-attention,
+            so the queries can attend to different parts of it (one token would make every
+            query receive the same cross-attention output).
+        num_items / num_users (`int`):
+            Rows of the frozen CF tables stored in the model. 0 means callers pass raw CF vectors.
+        adapter_type (`str`):
+            `"qformer"` (ILM) or `"mlp"` (CoLLM-style baseline: CF vector -> MLP -> item tokens).
+        mlp_hidden_size (`int`):
+            Hidden width of the MLP adapter.
+        item_token / user_token (`str`) and item_token_id / user_token_id (`int`):
+            Placeholders in the prompt, each expanded by the processor to `num_query_tokens` copies.
+            Their ids may lie outside the LLM vocabulary: they are never looked up in its embeddings.
+        text_model_name_or_path (`str`):
+            Hub id or path of the frozen LLM; a "light" checkpoint reloads the LLM from here.
+        stores_language_model (`bool`):
+            False in a light checkpoint, whose weights file holds everything but the frozen LLM.
+        contrastive_dim (`int`):
+            Width of the normalised features used by the phase-1 contrastive losses (BLIP-2: 256).
+        phase1_loss_weights (`dict`):
+            Weight of each phase-1 loss (`itc`, `itm`, `itg`, `item_item`, `user_item`); 0 switches it off.
+        text_decoder_bos_token_id (`int`):
+            Q-Former vocabulary id that replaces [CLS] for item-grounded generation (BLIP-2's [DEC]).
+    """
+
+    model_type = "ilm"
+    sub_configs_defaults = {
+        "qformer_config": SubConfigSpec(
+            config_class=Blip2QFormerConfig,
+            init_kwargs={
+                "hidden_size": 384,
+                "num_hidden_layers": 6,
+                "num_attention_heads": 12,
+                "intermediate_size": 1536,
+                "encoder_hidden_size": 384,
+                "use_qformer_text_input": True,
+            },
+        ),
+        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama"),
+    }
+
+    qformer_config: dict | PreTrainedConfig | None = None
+    text_config: dict | PreTrainedConfig | None = None
+    num_query_tokens: int = 8
+    cf_dim: int = 64
+    num_cf_tokens: int = 4
+    num_items: int = 0
+    num_users: int = 0
+    adapter_type: str = "qformer"
+    mlp_hidden_size: int = 1024
+    item_token: str = "<item>"
+    user_token: str = "<user>"
+    item_token_id: int | None = None
+    user_token_id: int | None = None
+    text_model_name_or_path: str | None = None
+    stores_language_model: bool = True
+    contrastive_dim: int = 256
+    phase1_loss_weights: dict | None = None
+    text_decoder_bos_token_id: int = 2  # "[unused1]" in BERT vocabularies
+    initializer_range: float = 0.02
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if self.adapter_type not in ADAPTER_TYPES:
+            raise ValueError(f"adapter_type={self.adapter_type!r}; use one of {ADAPTER_TYPES}.")
+        if self.num_query_tokens < 1 or self.num_cf_tokens < 1:
+            raise ValueError("num_query_tokens and num_cf_tokens must be >= 1.")
+        weights = {"itc": 1.0, "itm": 1.0, "itg": 1.0, "item_item": 0.0, "user_item": 0.0}
+        unknown = set(self.phase1_loss_weights or {}) - set(PHASE1_LOSSES)
+        if unknown:
+            raise ValueError(f"Unknown phase-1 losses {sorted(unknown)}; known: {PHASE1_LOSSES}.")
+        weights.update(self.phase1_loss_weights or {})
+        self.phase1_loss_weights = weights
+        # The CF tokens are what the queries cross-attend to.
+        self.qformer_config.encoder_hidden_size = self.qformer_config.hidden_size
+        self.qformer_config.use_qformer_text_input = True
+
+
+__all__ = ["ILMConfig"]

@@ -1,0 +1,522 @@
+"""Item-Language Model (ILM, arXiv 2406.02844): a BLIP-2 Q-Former reads collaborative-filtering (CF)
+embeddings of items and users and turns them into "item tokens" for a frozen causal LM.
+
+The layout follows transformers' BLIP-2 and LLaVA: the Q-Former layers are transformers' own
+`Blip2QFormerModel`; item tokens replace placeholder tokens in the LLM's input embeddings with
+`masked_scatter`; the item encoder runs only at the prefill step of `generate()`.
+"""
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_outputs import BaseModelOutput, CausalLMOutputWithPast
+from transformers.models.blip_2.modeling_blip_2 import Blip2QFormerModel, Blip2TextEmbeddings
+from transformers.utils import ModelOutput, cached_file, logging
+
+from .configuration_ilm import ILMConfig
+
+logger = logging.get_logger(__name__)
+
+# Q-Former attention patterns (see `ILMQFormerEncoder.forward`).
+ENCODER_MODES = ("query", "text", "multimodal", "causal")
+# Inputs that only the prefill step of generation needs: later steps read the KV cache.
+ENTITY_INPUTS = ("item_ids", "user_ids", "item_embeds", "user_embeds", "item_tokens", "user_tokens")
+HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
+
+
+@dataclass
+class ILMCausalLMOutputWithPast(CausalLMOutputWithPast):
+    r"""
+    item_tokens (`torch.FloatTensor` of shape `(num_items, num_query_tokens, llm_hidden_size)`, *optional*):
+        The LLM-space tokens of the items in the input (in order of appearance), when any were encoded.
+    user_tokens (`torch.FloatTensor`, *optional*):
+        The same for users.
+    """
+
+    item_tokens: torch.FloatTensor | None = None
+    user_tokens: torch.FloatTensor | None = None
+
+
+class ILMCFEmbeddings(nn.Module):
+    """The frozen CF tables: callers pass item/user ids, or raw CF vectors for entities outside them."""
+
+    def __init__(self, config: ILMConfig):
+        super().__init__()
+        self.items = nn.Embedding(max(config.num_items, 1), config.cf_dim)
+        self.users = nn.Embedding(max(config.num_users, 1), config.cf_dim)
+        self.num_items, self.num_users = config.num_items, config.num_users
+        self.requires_grad_(False)
+
+    def lookup(self, ids: torch.LongTensor, kind: str) -> torch.Tensor:
+        table, size = (self.items, self.num_items) if kind == "item" else (self.users, self.num_users)
+        if size == 0:
+            raise ValueError(f"This model has no {kind} CF table; pass raw vectors as `{kind}_embeds` instead.")
+        if ids.numel() and (ids.min() < 0 or ids.max() >= size):
+            bad = ids[(ids < 0) | (ids >= size)][0].item()
+            raise ValueError(
+                f"{kind} index {bad} is outside the CF table (0..{size - 1}). Map external ids with "
+                f"ILMProcessor, or pass raw CF vectors as `{kind}_embeds`."
+            )
+        return table(ids)
+
+
+class ILMQFormerEncoder(nn.Module):
+    """BLIP-2 Q-Former whose "image" is a CF embedding.
+
+    The CF vector is projected to a few key/value tokens; learned queries cross-attend to them
+    and share self-attention with text tokens (BERT vocabulary), as in BLIP-2 stage 1.
+    """
+
+    def __init__(self, config: ILMConfig):
+        super().__init__()
+        qformer_config = config.qformer_config
+        hidden = qformer_config.hidden_size
+        self.num_cf_tokens = config.num_cf_tokens
+        self.cf_projection = nn.Linear(config.cf_dim, config.num_cf_tokens * hidden)
+        self.cf_layernorm = nn.LayerNorm(hidden, eps=qformer_config.layer_norm_eps)
+        # Users go through the same encoder as "special items"; this tells the two apart.
+        self.cf_type_embeddings = nn.Embedding(2, hidden)
+        self.query_tokens = nn.Parameter(torch.zeros(1, config.num_query_tokens, hidden))
+        self.embeddings = Blip2TextEmbeddings(qformer_config)
+        self.qformer = Blip2QFormerModel._from_config(qformer_config)
+
+    def cf_tokens(self, cf_embeds: torch.Tensor, is_user: bool = False) -> torch.Tensor:
+        batch = cf_embeds.shape[0]
+        tokens = self.cf_projection(cf_embeds.to(self.cf_projection.weight.dtype)).view(batch, self.num_cf_tokens, -1)
+        tokens = tokens + self.cf_type_embeddings.weight[int(is_user)]
+        return self.cf_layernorm(tokens)
+
+    def forward(
+        self,
+        cf_embeds: torch.Tensor | None = None,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        mode: str = "query",
+        is_user: bool = False,
+    ) -> BaseModelOutput:
+        """Runs the Q-Former in one of BLIP-2's attention patterns.
+
+        - `query`: queries only, cross-attending to the CF tokens (item features, phase 2 input).
+        - `text`: text only, the unimodal text encoder (ITC text side).
+        - `multimodal`: queries and text attend to each other (ITM).
+        - `causal`: text decoded after the queries; queries never see text, text sees all
+          queries and earlier text (ITG).
+        Returns the hidden states of `[queries; text]` (queries first, absent in `text` mode).
+        """
+        if mode not in ENCODER_MODES:
+            raise ValueError(f"mode={mode!r}; use one of {ENCODER_MODES}.")
+        use_queries, use_text = mode != "text", mode != "query"
+        if use_queries and cf_embeds is None:
+            raise ValueError(f"mode={mode!r} needs `cf_embeds`.")
+        if use_text and input_ids is None:
+            raise ValueError(f"mode={mode!r} needs text `input_ids`.")
+
+        batch = (cf_embeds if use_queries else input_ids).shape[0]
+        query_embeds = self.query_tokens.expand(batch, -1, -1) if use_queries else None
+        hidden = self.embeddings(input_ids=input_ids if use_text else None, query_embeds=query_embeds)
+        num_queries = query_embeds.shape[1] if use_queries else 0
+        mask = self.attention_mask(hidden, num_queries, attention_mask if use_text else None, causal=mode == "causal")
+        outputs = self.qformer(
+            query_embeds=hidden,
+            query_length=num_queries,
+            attention_mask=mask,
+            encoder_hidden_states=self.cf_tokens(cf_embeds, is_user) if use_queries else None,
+        )
+        return BaseModelOutput(last_hidden_state=outputs.last_hidden_state)
+
+    @staticmethod
+    def attention_mask(hidden, num_queries, text_mask, causal):
+        """Additive 4D mask over `[queries; text]` (0 = attend, dtype-min = blocked)."""
+        batch, length = hidden.shape[:2]
+        allowed = torch.ones(batch, length, length, dtype=torch.bool, device=hidden.device)
+        if text_mask is not None:  # padded text keys are never attended to
+            keys = torch.cat([torch.ones(batch, num_queries, device=hidden.device), text_mask.to(hidden.device)], 1)
+            allowed &= keys.bool()[:, None, :]
+        if causal:
+            num_text = length - num_queries
+            allowed[:, :num_queries, num_queries:] = False
+            allowed[:, num_queries:, num_queries:] &= torch.tril(
+                torch.ones(num_text, num_text, dtype=torch.bool, device=hidden.device)
+            )
+        mask = torch.zeros(allowed.shape, dtype=hidden.dtype, device=hidden.device)
+        return mask.masked_fill(~allowed, torch.finfo(hidden.dtype).min)[:, None]
+
+    def load_bert_weights(self, bert_state_dict: dict) -> list[str]:
+        """Initialise text embeddings, self-attention and both FFNs from a BERT-family encoder.
+
+        BLIP-2 does the same: the query FFN starts as a copy of the text FFN; cross-attention,
+        queries and the CF projection start fresh. Returns the Q-Former keys left untouched.
+        """
+        sd = {k.removeprefix("bert."): v for k, v in bert_state_dict.items()}
+        # BERT adds token-type 0 to every position: fold it in so the text encoder starts exact.
+        position = sd["embeddings.position_embeddings.weight"]
+        if "embeddings.token_type_embeddings.weight" in sd:
+            position = position + sd["embeddings.token_type_embeddings.weight"][0]
+        mapped = {
+            "embeddings.word_embeddings.weight": sd["embeddings.word_embeddings.weight"],
+            "embeddings.position_embeddings.weight": position,
+            "qformer.layernorm.weight": sd["embeddings.LayerNorm.weight"],
+            "qformer.layernorm.bias": sd["embeddings.LayerNorm.bias"],
+        }
+        bert_to_qformer = {
+            "attention.self.": ["attention.attention."],
+            "attention.output.": ["attention.output."],
+            "intermediate.": ["intermediate.", "intermediate_query."],
+            "output.": ["output.", "output_query."],
+        }
+        for key, value in sd.items():
+            if not key.startswith("encoder.layer."):
+                continue
+            layer, rest = key.removeprefix("encoder.layer.").split(".", 1)
+            if int(layer) >= len(self.qformer.encoder.layer):
+                continue
+            for bert_prefix, targets in bert_to_qformer.items():
+                if rest.startswith(bert_prefix):
+                    for target in targets:
+                        mapped[f"qformer.encoder.layer.{layer}.{target}{rest.removeprefix(bert_prefix)}"] = value
+                    break
+        own = self.state_dict()
+        for key, value in mapped.items():
+            if key not in own or own[key].shape != value.shape:
+                raise ValueError(
+                    f"Q-Former init: {key} has shape {tuple(value.shape)} in the BERT checkpoint but "
+                    f"{tuple(own[key].shape) if key in own else 'no such weight'} here; make qformer_config "
+                    "match the BERT config (hidden size, vocab, positions)."
+                )
+        self.load_state_dict(mapped, strict=False)
+        return sorted(set(own) - set(mapped))
+
+
+class ILMPreTrainedModel(PreTrainedModel):
+    config: ILMConfig
+    config_class = ILMConfig
+    base_model_prefix = "ilm"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_attention_backend = True
+    _no_split_modules = ["Blip2QFormerLayer"]
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, ILMQFormerEncoder):
+            init.normal_(module.query_tokens, mean=0.0, std=self.config.initializer_range)
+        elif isinstance(module, Blip2TextEmbeddings):
+            init.copy_(module.position_ids, torch.arange(module.position_ids.shape[-1]).expand((1, -1)))
+
+    def _build_item_encoder(self, config: ILMConfig):
+        self.cf_embeddings = ILMCFEmbeddings(config)
+        self.item_encoder = ILMQFormerEncoder(config) if config.adapter_type == "qformer" else None
+
+    def set_cf_embeddings(self, item_embeddings: torch.Tensor | None = None, user_embeddings=None):
+        """Installs (frozen) CF tables, e.g. the ALS factors, resizing them and the config."""
+        for kind, table in (("item", item_embeddings), ("user", user_embeddings)):
+            if table is None:
+                continue
+            table = torch.as_tensor(table, dtype=torch.float32)
+            if table.ndim != 2 or table.shape[1] != self.config.cf_dim:
+                raise ValueError(f"{kind} CF table has shape {tuple(table.shape)}; expected (N, cf_dim={self.config.cf_dim}).")
+            embedding = nn.Embedding.from_pretrained(table.to(self.device), freeze=True)
+            setattr(self.cf_embeddings, f"{kind}s", embedding)
+            setattr(self.cf_embeddings, f"num_{kind}s", table.shape[0])
+            setattr(self.config, f"num_{kind}s", table.shape[0])
+
+    def cf_vectors(self, kind: str, ids=None, embeds=None) -> torch.Tensor:
+        if (ids is None) == (embeds is None):
+            raise ValueError(f"Pass exactly one of `{kind}_ids` (table rows) or `{kind}_embeds` (raw CF vectors).")
+        if embeds is not None:
+            if embeds.ndim != 2 or embeds.shape[-1] != self.config.cf_dim:
+                raise ValueError(f"{kind}_embeds has shape {tuple(embeds.shape)}; expected (N, {self.config.cf_dim}).")
+            return embeds.to(self.device)
+        return self.cf_embeddings.lookup(torch.as_tensor(ids, device=self.device).long(), kind)
+
+
+class ILMForConditionalGeneration(ILMPreTrainedModel, GenerationMixin):
+    """Item encoder + adapter + frozen causal LM. Only the encoder and adapter have gradients."""
+
+    _checkpoint_conversion_mapping = {}
+
+    def __init__(self, config: ILMConfig, language_model: PreTrainedModel | None = None):
+        super().__init__(config)
+        self._build_item_encoder(config)
+        llm_hidden = config.text_config.hidden_size
+        if config.adapter_type == "qformer":
+            self.adapter = nn.Linear(config.qformer_config.hidden_size, llm_hidden)
+        else:  # CoLLM-style: one MLP from the CF vector to all item tokens
+            self.adapter = nn.Sequential(
+                nn.Linear(config.cf_dim, config.mlp_hidden_size),
+                nn.GELU(),
+                nn.Linear(config.mlp_hidden_size, config.num_query_tokens * llm_hidden),
+            )
+        self.language_model = language_model or AutoModelForCausalLM.from_config(config.text_config)
+        self.language_model.requires_grad_(False)
+        self.post_init()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.language_model.eval()  # frozen means no dropout either
+        return self
+
+    def get_input_embeddings(self):
+        return self.language_model.get_input_embeddings()
+
+    def get_output_embeddings(self):
+        return self.language_model.get_output_embeddings()
+
+    # --- item and user tokens -------------------------------------------------------------------
+
+    def encode_cf(self, cf_embeds: torch.Tensor, is_user: bool = False) -> torch.Tensor:
+        """CF vectors `(N, cf_dim)` -> LLM-space tokens `(N, num_query_tokens, llm_hidden)`."""
+        if self.item_encoder is None:
+            tokens = self.adapter(cf_embeds.to(self.adapter[0].weight.dtype))
+            return tokens.view(cf_embeds.shape[0], self.config.num_query_tokens, -1)
+        query_output = self.item_encoder(cf_embeds, mode="query", is_user=is_user).last_hidden_state
+        return self.adapter(query_output)
+
+    def get_item_tokens(self, item_ids=None, item_embeds=None) -> torch.Tensor:
+        """Item tokens `(N, num_query_tokens, llm_hidden)` from table ids or raw CF vectors.
+
+        Precompute the catalog once (`get_item_tokens(torch.arange(config.num_items))`) and pass
+        slices as `item_tokens=` to make generation cost what the bare LLM costs.
+        """
+        return self.encode_cf(self.cf_vectors("item", item_ids, item_embeds)).to(self.language_model.dtype)
+
+    def get_user_tokens(self, user_ids=None, user_embeds=None) -> torch.Tensor:
+        return self.encode_cf(self.cf_vectors("user", user_ids, user_embeds), is_user=True).to(self.language_model.dtype)
+
+    def _entity_tokens(self, kind, input_ids, ids, embeds, tokens):
+        """Tokens for every `<kind>` placeholder of the batch, in row-major order, or None."""
+        token_id = getattr(self.config, f"{kind}_token_id")
+        given = [name for name, value in ((f"{kind}_ids", ids), (f"{kind}_embeds", embeds), (f"{kind}_tokens", tokens)) if value is not None]
+        if len(given) > 1:
+            raise ValueError(f"Pass only one of {given}.")
+        placeholders = (input_ids == token_id).sum(-1) if token_id is not None else torch.zeros_like(input_ids[:, 0])
+        if not given:
+            if placeholders.any():
+                raise ValueError(
+                    f"The input has {int(placeholders.sum())} {kind} placeholder tokens but no `{kind}_ids`, "
+                    f"`{kind}_embeds` or `{kind}_tokens` were given."
+                )
+            return None
+        queries = self.config.num_query_tokens
+        if (placeholders % queries).any():
+            raise ValueError(
+                f"Each {getattr(self.config, f'{kind}_token')} must be expanded to {queries} placeholder tokens "
+                "(ILMProcessor does this); found counts per row that are not a multiple of it: "
+                f"{placeholders.tolist()}."
+            )
+        per_row = placeholders // queries
+        value = ids if ids is not None else embeds if embeds is not None else tokens
+        if value.ndim == (1 if ids is not None else 2 if embeds is not None else 3):
+            value = value.unsqueeze(0)  # one unbatched row
+        if value.shape[0] != input_ids.shape[0]:
+            raise ValueError(f"{given[0]} has {value.shape[0]} rows but input_ids has {input_ids.shape[0]}.")
+        slots = torch.arange(value.shape[1], device=value.device)[None, :]
+        valid = slots < per_row.to(value.device)[:, None]
+        if ids is not None:
+            given_per_row = (value >= 0).sum(-1)  # -1 pads rows with fewer entities
+            if not torch.equal(given_per_row.cpu(), per_row.cpu()) or not torch.equal((value >= 0), valid):
+                raise ValueError(
+                    f"{kind} placeholders per row {per_row.tolist()} do not match the {kind}_ids given per row "
+                    f"{given_per_row.tolist()} (pad with -1 at the end of a row)."
+                )
+        elif value.shape[1] < int(per_row.max()):
+            raise ValueError(f"{given[0]} has {value.shape[1]} slots per row but a row has {int(per_row.max())} placeholders.")
+        selected = value[valid]
+        if ids is not None:
+            return self.get_item_tokens(item_ids=selected) if kind == "item" else self.get_user_tokens(user_ids=selected)
+        if embeds is not None:
+            return self.get_item_tokens(item_embeds=selected) if kind == "item" else self.get_user_tokens(user_embeds=selected)
+        return selected
+
+    # --- forward and generation -----------------------------------------------------------------
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        item_ids: torch.LongTensor | None = None,
+        user_ids: torch.LongTensor | None = None,
+        item_embeds: torch.FloatTensor | None = None,
+        user_embeds: torch.FloatTensor | None = None,
+        item_tokens: torch.FloatTensor | None = None,
+        user_tokens: torch.FloatTensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> ILMCausalLMOutputWithPast:
+        r"""
+        item_ids / user_ids (`torch.LongTensor` of shape `(batch_size, max_entities)`):
+            CF-table rows of the items/users each row's placeholders stand for, in order; pad with -1.
+        item_embeds / user_embeds (`(batch_size, max_entities, cf_dim)`):
+            Raw CF vectors instead of table rows (entities outside the tables).
+        item_tokens / user_tokens (`(batch_size, max_entities, num_query_tokens, llm_hidden)`):
+            Precomputed tokens from `get_item_tokens` / `get_user_tokens`.
+        labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`):
+            Next-token targets; -100 is ignored, and placeholder positions are always ignored.
+        """
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
+        new_item_tokens = new_user_tokens = None
+        if inputs_embeds is None:
+            placeholder = torch.zeros_like(input_ids, dtype=torch.bool)
+            for token_id in (self.config.item_token_id, self.config.user_token_id):
+                if token_id is not None:
+                    placeholder |= input_ids == token_id
+            # Placeholder ids may lie outside the LLM vocabulary: look up a real id, then overwrite.
+            inputs_embeds = self.get_input_embeddings()(input_ids.masked_fill(placeholder, 0))
+            new_item_tokens = self._entity_tokens("item", input_ids, item_ids, item_embeds, item_tokens)
+            new_user_tokens = self._entity_tokens("user", input_ids, user_ids, user_embeds, user_tokens)
+            for kind, tokens in (("item", new_item_tokens), ("user", new_user_tokens)):
+                if tokens is not None:
+                    mask = (input_ids == getattr(self.config, f"{kind}_token_id")).unsqueeze(-1)
+                    inputs_embeds = inputs_embeds.masked_scatter(mask.to(inputs_embeds.device), tokens.to(inputs_embeds.dtype))
+            if labels is not None:
+                labels = labels.masked_fill(placeholder.to(labels.device), -100)
+        elif any(v is not None for v in (item_ids, user_ids, item_embeds, user_embeds, item_tokens, user_tokens)):
+            raise ValueError("With `inputs_embeds`, scatter item tokens yourself; item/user inputs need `input_ids`.")
+
+        outputs = self.language_model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            labels=labels,
+            logits_to_keep=logits_to_keep,
+            **kwargs,
+        )
+        return ILMCausalLMOutputWithPast(**outputs, item_tokens=new_item_tokens, user_tokens=new_user_tokens)
+
+    def prepare_inputs_for_generation(self, *args, is_first_iteration=False, **kwargs):
+        model_inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
+        if not is_first_iteration and kwargs.get("use_cache", True):
+            for key in ENTITY_INPUTS:  # already in the KV cache
+                model_inputs.pop(key, None)
+        return model_inputs
+
+    # --- building, saving and loading -----------------------------------------------------------
+
+    @classmethod
+    def from_components(
+        cls,
+        text_model_name_or_path: str,
+        qformer_name_or_path: str | None = None,
+        *,
+        llm_kwargs: dict | None = None,
+        item_embeddings: torch.Tensor | None = None,
+        user_embeddings: torch.Tensor | None = None,
+        item_token_id: int | None = None,
+        user_token_id: int | None = None,
+        **config_kwargs,
+    ) -> "ILMForConditionalGeneration":
+        """Builds a fresh ILM from a causal LM and a BERT-family encoder (Hub ids or local paths).
+
+        `item_token_id`/`user_token_id` come from the processor's tokenizer
+        (`ILMProcessor.from_components` adds the placeholder tokens).
+        """
+        from transformers import AutoConfig, AutoModel, Blip2QFormerConfig
+
+        llm_kwargs = {"dtype": torch.float32, **(llm_kwargs or {})}
+        llm = AutoModelForCausalLM.from_pretrained(text_model_name_or_path, **llm_kwargs)
+        if getattr(llm, "hf_quantizer", None) is not None:  # e.g. GGUF: we keep the dequantized weights
+            llm = dequantized_copy(llm)
+        qformer_config = config_kwargs.pop("qformer_config", None)
+        bert = None
+        if qformer_name_or_path is not None:
+            bert_config = AutoConfig.from_pretrained(qformer_name_or_path)
+            qformer_config = Blip2QFormerConfig(
+                **{
+                    key: getattr(bert_config, key)
+                    for key in (
+                        "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                        "intermediate_size", "hidden_act", "max_position_embeddings", "layer_norm_eps", "pad_token_id",
+                    )
+                },
+                **(qformer_config or {}),
+            )
+            bert = AutoModel.from_pretrained(qformer_name_or_path, dtype=torch.float32)
+        if item_embeddings is not None:
+            config_kwargs.setdefault("cf_dim", item_embeddings.shape[1])
+        config = ILMConfig(
+            qformer_config=qformer_config,
+            text_config=copy.deepcopy(llm.config),  # the LLM keeps its own, with its attention backend set
+            text_model_name_or_path=str(text_model_name_or_path),
+            item_token_id=item_token_id,
+            user_token_id=user_token_id,
+            **config_kwargs,
+        )
+        model = cls(config, language_model=llm)
+        if bert is not None and model.item_encoder is not None:
+            model.item_encoder.load_bert_weights(bert.state_dict())
+        model.set_cf_embeddings(item_embeddings, user_embeddings)
+        model.generation_config = llm.generation_config
+        return model
+
+    def save_pretrained(self, save_directory, *args, include_language_model: bool = True, **kwargs):
+        """`include_language_model=False` writes a light folder: trained weights only, and the
+        frozen LLM's Hub id or path (`config.text_model_name_or_path`) to reload it from."""
+        if include_language_model:
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        if not self.config.text_model_name_or_path:
+            raise ValueError("A light save needs `config.text_model_name_or_path` (the frozen LLM's Hub id or path).")
+        state_dict = {k: v for k, v in self.state_dict().items() if not k.startswith("language_model.")}
+        self.config.stores_language_model = False
+        try:
+            return super().save_pretrained(save_directory, *args, state_dict=state_dict, **kwargs)
+        finally:
+            self.config.stores_language_model = True
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        config = kwargs.get("config")
+        if not isinstance(config, ILMConfig):
+            hub = {k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
+            config = ILMConfig.from_pretrained(pretrained_model_name_or_path, **hub)
+        if config.stores_language_model:
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        return cls._from_light_checkpoint(pretrained_model_name_or_path, config, **kwargs)
+
+    @classmethod
+    def _from_light_checkpoint(cls, path, config, **kwargs):
+        """Loads trained weights from `path` and the frozen LLM from `config.text_model_name_or_path`.
+
+        Also takes a phase-1 (item encoder pretraining) checkpoint: its adapter starts fresh.
+        """
+        from safetensors.torch import load_file
+
+        hub = {k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
+        dtype = kwargs.get("dtype", torch.float32)
+        llm_name = kwargs.get("text_model_name_or_path", config.text_model_name_or_path)
+        if not llm_name:
+            raise ValueError(f"{path} holds no LLM weights and its config names no `text_model_name_or_path`.")
+        llm = AutoModelForCausalLM.from_pretrained(llm_name, dtype=torch.float32)
+        config.text_model_name_or_path = str(llm_name)
+        config.stores_language_model = True
+        model = cls(config, language_model=llm)
+        weights_file = cached_file(path, "model.safetensors", **hub)
+        missing, unexpected = model.load_state_dict(load_file(weights_file), strict=False)
+        missing_encoder = [k for k in missing if not k.startswith(("language_model.", "adapter."))]
+        if missing_encoder:
+            raise ValueError(f"{path} lacks item-encoder weights: {missing_encoder[:5]} ...")
+        if any(k.startswith("adapter.") for k in missing):
+            logger.warning("%s has no adapter weights (a phase-1 checkpoint?): the adapter starts fresh.", path)
+        if unexpected:
+            logger.info("Ignored weights not used for generation (phase-1 heads): %s", sorted(unexpected)[:8])
+        model.generation_config = llm.generation_config
+        return model.to(dtype).eval()
+
+
+def dequantized_copy(model: PreTrainedModel) -> PreTrainedModel:
+    """A plain (serializable) copy of a model loaded from a quantized file such as GGUF."""
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=model.dtype)
+    plain.load_state_dict(model.state_dict())
+    plain.generation_config = model.generation_config
+    return plain.eval()
+
+
+__all__ = ["ILMPreTrainedModel", "ILMForConditionalGeneration", "ILMQFormerEncoder", "ILMCFEmbeddings", "dequantized_copy"]

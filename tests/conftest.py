@@ -1,0 +1,55 @@
+"""Tiny random components (seconds to build) shared by the unit tests, as in transformers' model testers."""
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import BertConfig, BertModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+WORDS = (
+    "what movie is this the a user has watched and liked next recommend title genre year rating comedy drama "
+    "toy story heat casino babe jumanji sabrina , . ? ! : 1 2 3 4 5 1995 1996 hello world my name"
+).split()
+CATALOG = {
+    "items": [
+        {"item_id": str(i), "title": title}
+        for i, title in enumerate(["Toy Story (1995)", "Jumanji (1995)", "Heat (1995)", "Sabrina (1995)", "Casino (1995)", "Babe (1995)"], 1)
+    ],
+    "users": [{"user_id": str(u)} for u in range(1, 5)],
+}
+
+
+def make_tokenizer():
+    specials = ["<unk>", "<|im_start|>", "<|im_end|>"]
+    vocab = {token: i for i, token in enumerate(dict.fromkeys(specials + ["\n", "system", "user", "assistant"] + WORDS))}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", eos_token="<|im_end|>", pad_token="<|im_end|>")
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>"]})
+    tokenizer.chat_template = CHATML
+    return tokenizer
+
+
+@pytest.fixture(scope="session")
+def tiny_components(tmp_path_factory):
+    """Paths of a tiny Llama (+ tokenizer) and a tiny BERT, saved like Hub checkpoints."""
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("components")
+    tokenizer = make_tokenizer()
+    llm = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None,
+        )
+    )
+    llm.generation_config.eos_token_id = tokenizer.eos_token_id
+    llm.generation_config.pad_token_id = tokenizer.pad_token_id
+    llm.save_pretrained(root / "llm")
+    tokenizer.save_pretrained(root / "llm")
+    bert = BertModel(BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, max_position_embeddings=64))
+    bert.save_pretrained(root / "bert")
+    return {"llm": str(root / "llm"), "bert": str(root / "bert")}

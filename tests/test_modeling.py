@@ -1,0 +1,256 @@
+"""ILMForConditionalGeneration on tiny random components: both adapter types through the same tests."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from conftest import CATALOG
+from transformers import AutoModel, AutoModelForCausalLM, BertModel
+
+from modeling_ilm import ILMConfig, ILMForConditionalGeneration, ILMProcessor
+
+QUERIES = 2
+CHATS = [
+    [{"role": "user", "content": "what movie is <item> ?"}],
+    [{"role": "user", "content": "user <user> liked <item> and <item> . recommend a comedy"}],
+    [{"role": "user", "content": "hello world , my name is"}],
+]
+ITEMS = [["1"], ["2", "3"], []]
+USERS = [[], ["1"], []]
+
+
+@pytest.fixture(scope="module")
+def processor(tiny_components):
+    return ILMProcessor.from_components(tiny_components["llm"], catalog=CATALOG, num_query_tokens=QUERIES)
+
+
+def build(tiny_components, processor, adapter_type="qformer", seed=0):
+    torch.manual_seed(seed)
+    return ILMForConditionalGeneration.from_components(
+        tiny_components["llm"],
+        tiny_components["bert"],
+        item_token_id=processor.item_token_id,
+        user_token_id=processor.user_token_id,
+        num_query_tokens=QUERIES,
+        adapter_type=adapter_type,
+        mlp_hidden_size=16,
+        item_embeddings=torch.randn(len(CATALOG["items"]), 8),
+        user_embeddings=torch.randn(len(CATALOG["users"]), 8),
+    ).eval()
+
+
+@pytest.fixture(scope="module", params=["qformer", "mlp"])
+def model(request, tiny_components, processor):
+    return build(tiny_components, processor, request.param)
+
+
+def test_shapes(model, processor):
+    batch = processor(messages=CHATS, item_ids=ITEMS, user_ids=USERS)
+    out = model(**batch)
+    assert out.logits.shape == (3, batch["input_ids"].shape[1], model.config.text_config.vocab_size)
+    assert out.item_tokens.shape == (3, QUERIES, model.config.text_config.hidden_size)  # 3 items in the batch
+    assert out.user_tokens.shape == (1, QUERIES, model.config.text_config.hidden_size)
+    assert model.get_item_tokens(torch.arange(6)).shape == (6, QUERIES, model.config.text_config.hidden_size)
+
+
+def test_item_tokens_land_on_placeholders(model, processor):
+    batch = processor(messages=CHATS[:2], item_ids=ITEMS[:2], user_ids=USERS[:2])
+    seen = {}
+    hook = model.language_model.register_forward_pre_hook(lambda m, a, kw: seen.update(embeds=kw["inputs_embeds"]), with_kwargs=True)
+    model(**batch)
+    hook.remove()
+    expected = model.get_item_tokens(torch.tensor([1, 2])).reshape(-1, model.config.text_config.hidden_size)
+    row1 = batch["input_ids"][1] == processor.item_token_id
+    torch.testing.assert_close(seen["embeds"][1][row1], expected)  # batch of 3 vs 2: float-level equal
+
+
+def test_placeholder_count_mismatch_is_a_clear_error(model, processor):
+    batch = processor(messages=CHATS[:1], item_ids=ITEMS[:1])
+    with pytest.raises(ValueError, match="placeholders per row"):
+        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], item_ids=torch.tensor([[0, 1]]))
+    with pytest.raises(ValueError, match="no `item_ids`"):
+        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    half = batch["input_ids"].clone()
+    half[0, (half[0] == processor.item_token_id).nonzero()[0]] = 5  # one placeholder not expanded
+    with pytest.raises(ValueError, match="expanded"):
+        model(input_ids=half, item_ids=batch["item_ids"])
+    with pytest.raises(ValueError, match="outside the CF table"):
+        model(input_ids=batch["input_ids"], item_ids=torch.tensor([[17]]))
+
+
+def test_loss_only_on_answer_tokens(model, processor):
+    chat = CHATS[0] + [{"role": "assistant", "content": "toy story"}]
+    batch = processor(messages=[chat], item_ids=[["1"]], return_labels=True, add_generation_prompt=False)
+    labelled = processor.tokenizer.convert_ids_to_tokens(batch["input_ids"][0][batch["labels"][0] != -100])
+    assert labelled == ["toy", "story", "<|im_end|>"]
+    out = model(**batch)
+    logits = out.logits[0, :-1]
+    targets = batch["labels"][0, 1:]
+    keep = targets != -100
+    manual = torch.nn.functional.cross_entropy(logits[keep], targets[keep])
+    torch.testing.assert_close(out.loss, manual)
+
+
+def test_gradients_reach_encoder_and_adapter_not_llm(model, processor):
+    model.train()
+    chat = CHATS[1] + [{"role": "assistant", "content": "heat"}]
+    batch = processor(messages=[chat], item_ids=[ITEMS[1]], user_ids=[USERS[1]], return_labels=True, add_generation_prompt=False)
+    model.zero_grad()
+    model(**batch).loss.backward()
+    assert all(p.grad is None for p in model.language_model.parameters())
+    assert not model.language_model.training  # frozen: no dropout either
+    assert model.cf_embeddings.items.weight.grad is None  # CF tables are frozen data
+    trained = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert trained and all(not n.startswith(("language_model.", "cf_embeddings.")) for n in trained)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for n, p in trained.items() if n.startswith("adapter."))
+    if model.item_encoder is not None:
+        enc = model.item_encoder
+        assert enc.query_tokens.grad.abs().sum() > 0
+        assert enc.cf_projection.weight.grad.abs().sum() > 0
+        assert enc.qformer.encoder.layer[0].crossattention.attention.key.weight.grad.abs().sum() > 0
+    model.eval()
+
+
+def test_text_only_logits_equal_base_llm(model, processor, tiny_components):
+    base = AutoModelForCausalLM.from_pretrained(tiny_components["llm"]).eval()
+    batch = processor(messages=CHATS[2:])
+    with torch.no_grad():
+        diff = (model(**batch).logits - base(**batch).logits).abs().max().item()
+    assert diff == 0.0
+
+
+def test_greedy_generate_with_cache_equals_without(model, processor):
+    batch = processor(messages=CHATS[:2], item_ids=ITEMS[:2], user_ids=USERS[:2])
+    with_cache = model.generate(**batch, max_new_tokens=6, do_sample=False, use_cache=True)
+    without = model.generate(**batch, max_new_tokens=6, do_sample=False, use_cache=False)
+    assert torch.equal(with_cache, without)
+
+
+def test_batched_left_padded_generation_equals_one_by_one(model, processor):
+    batch = processor(messages=CHATS, item_ids=ITEMS, user_ids=USERS)
+    assert (batch["attention_mask"][:, 0] == 0).any()  # really padded, on the left
+    batched = model.generate(**batch, max_new_tokens=5, do_sample=False)[:, batch["input_ids"].shape[1]:]
+    for i in range(3):
+        one = processor(messages=[CHATS[i]], item_ids=[ITEMS[i]], user_ids=[USERS[i]])
+        alone = model.generate(**one, max_new_tokens=5, do_sample=False)[:, one["input_ids"].shape[1]:]
+        assert torch.equal(alone[0], batched[i])
+
+
+def test_precomputed_item_tokens_generate_the_same(model, processor):
+    batch = processor(messages=CHATS[:2], item_ids=ITEMS[:2], user_ids=USERS[:2])
+    catalog = model.get_item_tokens(torch.arange(6))
+    item_tokens = catalog[batch["item_ids"].clamp(min=0)]
+    expected = model.generate(**batch, max_new_tokens=5, do_sample=False)
+    inputs = {k: v for k, v in batch.items() if k != "item_ids"}
+    assert torch.equal(model.generate(**inputs, item_tokens=item_tokens, max_new_tokens=5, do_sample=False), expected)
+
+
+def test_raw_cf_vectors_for_items_outside_the_table(model, processor):
+    batch = processor(messages=CHATS[:1], item_ids=ITEMS[:1])
+    vector = model.cf_embeddings.items.weight[0].view(1, 1, -1)
+    by_id = model(**batch).logits
+    inputs = {k: v for k, v in batch.items() if k != "item_ids"}
+    assert torch.equal(model(**inputs, item_embeds=vector).logits, by_id)
+
+
+def test_beam_search_and_sampling_run_with_items(model, processor):
+    batch = processor(messages=CHATS[:2], item_ids=ITEMS[:2], user_ids=USERS[:2])
+    beams = model.generate(**batch, max_new_tokens=4, num_beams=3, num_return_sequences=2, do_sample=False)
+    assert beams.shape[0] == 4
+    torch.manual_seed(0)
+    sampled = model.generate(**batch, max_new_tokens=4, do_sample=True, top_k=5, temperature=0.7)
+    assert sampled.shape[0] == 2
+
+
+@pytest.mark.parametrize("light", [False, True])
+def test_save_load_round_trip_is_bit_identical(model, processor, tmp_path, light):
+    model.save_pretrained(tmp_path, include_language_model=not light)
+    files = sorted(os.listdir(tmp_path))
+    assert "model.safetensors" in files and not any(f.endswith((".bin", ".pt", ".pkl")) for f in files)
+    assert "modeling_ilm.py" in files and "configuration_ilm.py" in files
+    loaded = ILMForConditionalGeneration.from_pretrained(tmp_path).eval()
+    from safetensors import safe_open
+
+    with safe_open(tmp_path / "model.safetensors", "pt") as f:
+        has_llm = any(k.startswith("language_model.") for k in f.keys())
+    assert has_llm is not light
+    batch = processor(messages=CHATS, item_ids=ITEMS, user_ids=USERS)
+    with torch.no_grad():
+        assert (model(**batch).logits - loaded(**batch).logits).abs().max().item() == 0.0
+    assert torch.equal(model.generate(**batch, max_new_tokens=4, do_sample=False), loaded.generate(**batch, max_new_tokens=4, do_sample=False))
+
+
+def test_auto_classes(model, tmp_path):
+    model.save_pretrained(tmp_path)
+    assert type(AutoModel.from_pretrained(tmp_path)) is ILMForConditionalGeneration
+    assert type(AutoModelForCausalLM.from_pretrained(tmp_path)) is ILMForConditionalGeneration
+    assert ILMConfig.from_pretrained(tmp_path).auto_map["AutoModel"] == "modeling_ilm.ILMForConditionalGeneration"
+
+
+def test_trust_remote_code_load_without_the_package(model, processor, tmp_path):
+    """A fresh process where `modeling_ilm` is not importable loads model and processor from the folder."""
+    model.save_pretrained(tmp_path / "ilm")
+    processor.save_pretrained(tmp_path / "ilm")
+    batch = processor(messages=CHATS, item_ids=ITEMS, user_ids=USERS)
+    torch.save(dict(batch), tmp_path / "batch.pt")
+    with torch.no_grad():
+        torch.save(model(**batch).logits, tmp_path / "logits.pt")
+    script = textwrap.dedent(
+        f"""
+        import sys, torch
+        sys.path = [p for p in sys.path if p not in ("", ".")]
+        try:
+            import modeling_ilm
+            raise SystemExit("modeling_ilm must not be importable here")
+        except ImportError:
+            pass
+        from transformers import AutoModel, AutoProcessor
+        model = AutoModel.from_pretrained({str(tmp_path / 'ilm')!r}, trust_remote_code=True).eval()
+        processor = AutoProcessor.from_pretrained({str(tmp_path / 'ilm')!r}, trust_remote_code=True)
+        batch = torch.load({str(tmp_path / 'batch.pt')!r})
+        again = processor(messages={CHATS!r}, item_ids={ITEMS!r}, user_ids={USERS!r})
+        assert all(torch.equal(again[k], batch[k]) for k in batch), "processor differs"
+        with torch.no_grad():
+            diff = (model(**batch).logits - torch.load({str(tmp_path / 'logits.pt')!r})).abs().max().item()
+        print(type(model).__module__, type(processor).__name__, "maxdiff", diff)
+        assert diff == 0.0
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["HF_MODULES_CACHE"] = str(tmp_path / "modules")
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "transformers_modules" in result.stdout and "maxdiff 0.0" in result.stdout
+
+
+def test_qformer_text_mode_starts_as_the_pretrained_bert(tiny_components, processor):
+    """Self-attention/FFN/embeddings come from BERT: the unimodal text path reproduces it exactly."""
+    model = build(tiny_components, processor)
+    bert = BertModel.from_pretrained(tiny_components["bert"]).eval()
+    ids = torch.tensor([[1, 5, 9, 14, 2], [1, 7, 3, 0, 0]])
+    mask = (ids != 0).long()
+    mask[0] = 1
+    expected = bert(input_ids=ids, attention_mask=mask).last_hidden_state
+    got = model.item_encoder(input_ids=ids, attention_mask=mask, mode="text").last_hidden_state
+    torch.testing.assert_close(got[mask.bool()], expected[mask.bool()], atol=1e-5, rtol=1e-5)
+
+
+def test_causal_mode_hides_text_from_queries(tiny_components, processor):
+    model = build(tiny_components, processor)
+    enc = model.item_encoder
+    hidden = torch.zeros(1, QUERIES + 3, 4)
+    mask = enc.attention_mask(hidden, QUERIES, torch.ones(1, 3), causal=True)[0, 0] == 0
+    assert not mask[:QUERIES, QUERIES:].any()  # queries never see text
+    assert mask[QUERIES:, :QUERIES].all()  # text sees every query
+    assert torch.equal(mask[QUERIES:, QUERIES:], torch.tril(torch.ones(3, 3, dtype=torch.bool)))
+    # and behaviourally: changing the text leaves the query outputs unchanged
+    cf = torch.randn(1, 8)
+    a = enc(cf, input_ids=torch.tensor([[1, 5, 9]]), mode="causal").last_hidden_state
+    b = enc(cf, input_ids=torch.tensor([[1, 6, 11]]), mode="causal").last_hidden_state
+    torch.testing.assert_close(a[:, :QUERIES], b[:, :QUERIES])
+    assert not torch.allclose(a[:, QUERIES + 1 :], b[:, QUERIES + 1 :])
+    multimodal = enc(cf, input_ids=torch.tensor([[1, 6, 11]]), mode="multimodal").last_hidden_state
+    assert not torch.allclose(multimodal[:, :QUERIES], b[:, :QUERIES])  # in matching mode queries do see text

@@ -1,0 +1,1 @@
+"""Training, evaluation and publishing for ILM (data -> CF -> phase 1 -> phase 2 -> evaluation)."""

