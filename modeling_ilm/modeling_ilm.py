@@ -7,6 +7,7 @@ The layout follows transformers' BLIP-2 and LLaVA: the Q-Former layers are trans
 """
 
 import copy
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -252,8 +253,12 @@ class ILMForConditionalGeneration(ILMPreTrainedModel, GenerationMixin):
                 nn.Linear(config.mlp_hidden_size, config.num_query_tokens * llm_hidden),
             )
         self.language_model = language_model or AutoModelForCausalLM.from_config(config.text_config)
-        self.language_model.requires_grad_(False)
         self.post_init()
+        self.freeze_language_model()
+
+    def freeze_language_model(self):
+        self.language_model.requires_grad_(False)
+        self.cf_embeddings.requires_grad_(False)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -474,9 +479,16 @@ class ILMForConditionalGeneration(ILMPreTrainedModel, GenerationMixin):
         if not isinstance(config, ILMConfig):
             hub = {k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
             config = ILMConfig.from_pretrained(pretrained_model_name_or_path, **hub)
-        if config.stores_language_model:
-            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-        return cls._from_light_checkpoint(pretrained_model_name_or_path, config, **kwargs)
+        if not config.stores_language_model:
+            return cls._from_light_checkpoint(pretrained_model_name_or_path, config, **kwargs)
+        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        for tensor in itertools.chain(model.parameters(), model.buffers()):
+            # Memory-mapped safetensors can leave weights unaligned, and CPU kernels then round
+            # differently: copy those, so a reloaded model gives bit-identical logits.
+            if tensor.data_ptr() % 64:
+                tensor.data = tensor.data.clone()
+        model.freeze_language_model()  # loading re-creates parameters with gradients on
+        return model
 
     @classmethod
     def _from_light_checkpoint(cls, path, config, **kwargs):

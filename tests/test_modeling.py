@@ -177,6 +177,8 @@ def test_save_load_round_trip_is_bit_identical(model, processor, tmp_path, light
     with safe_open(tmp_path / "model.safetensors", "pt") as f:
         has_llm = any(k.startswith("language_model.") for k in f.keys())
     assert has_llm is not light
+    assert not any(p.requires_grad for p in loaded.language_model.parameters())  # still frozen after loading
+    assert not loaded.cf_embeddings.items.weight.requires_grad
     batch = processor(messages=CHATS, item_ids=ITEMS, user_ids=USERS)
     with torch.no_grad():
         assert (model(**batch).logits - loaded(**batch).logits).abs().max().item() == 0.0
