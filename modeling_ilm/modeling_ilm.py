@@ -26,6 +26,11 @@ logger = logging.get_logger(__name__)
 ENCODER_MODES = ("query", "text", "multimodal", "causal")
 # Inputs that only the prefill step of generation needs: later steps read the KV cache.
 ENTITY_INPUTS = ("item_ids", "user_ids", "item_embeds", "user_embeds", "item_tokens", "user_tokens")
+# A BERT-family config's fields that shape the Q-Former initialised from it.
+QFORMER_FROM_BERT = (
+    "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+    "hidden_act", "max_position_embeddings", "layer_norm_eps", "pad_token_id",
+)
 HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
 
 
@@ -432,14 +437,7 @@ class ILMForConditionalGeneration(ILMPreTrainedModel, GenerationMixin):
         if qformer_name_or_path is not None:
             bert_config = AutoConfig.from_pretrained(qformer_name_or_path)
             qformer_config = Blip2QFormerConfig(
-                **{
-                    key: getattr(bert_config, key)
-                    for key in (
-                        "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                        "intermediate_size", "hidden_act", "max_position_embeddings", "layer_norm_eps", "pad_token_id",
-                    )
-                },
-                **(qformer_config or {}),
+                **{key: getattr(bert_config, key) for key in QFORMER_FROM_BERT}, **(qformer_config or {})
             )
             bert = AutoModel.from_pretrained(qformer_name_or_path, dtype=torch.float32)
         if item_embeddings is not None:
@@ -520,6 +518,221 @@ class ILMForConditionalGeneration(ILMPreTrainedModel, GenerationMixin):
         return model.to(dtype).eval()
 
 
+@dataclass
+class ILMPretrainingOutput(ModelOutput):
+    r"""
+    loss (`torch.FloatTensor`): the weighted sum of the enabled phase-1 losses.
+    loss_itc / loss_itm / loss_itg / loss_item_item / loss_user_item (`torch.FloatTensor`):
+        Each loss on its own (None where switched off or not computable for this batch).
+    """
+
+    loss: torch.FloatTensor | None = None
+    loss_itc: torch.FloatTensor | None = None
+    loss_itm: torch.FloatTensor | None = None
+    loss_itg: torch.FloatTensor | None = None
+    loss_item_item: torch.FloatTensor | None = None
+    loss_user_item: torch.FloatTensor | None = None
+
+
+def gather_with_grad(features: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Features of every process (gradients flow back to the local ones) and this rank's offset.
+
+    A single process, with or without a process group, just returns its own features.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return features, 0
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(features), 0), dist.get_rank() * features.shape[0]
+
+
+def info_nce(logits: torch.Tensor, key_ids: torch.Tensor, offset: int = 0) -> torch.Tensor:
+    """In-batch InfoNCE: row i's positive is key `offset + i`. Other keys with the positive's id
+    are duplicates of it, not negatives, and are masked out."""
+    rows = torch.arange(logits.shape[0], device=logits.device)
+    targets = rows + offset
+    duplicate = key_ids[None, :] == key_ids[targets][:, None]
+    duplicate[rows, targets] = False
+    return nn.functional.cross_entropy(logits.masked_fill(duplicate, torch.finfo(logits.dtype).min), targets)
+
+
+def sample_hard_negatives(similarity: torch.Tensor, same: torch.Tensor, generator=None) -> torch.Tensor:
+    """For each row, one column drawn in proportion to softmax(similarity), never a column marked
+    `same` (the positive itself or a duplicate of it). Rows with no valid column get -1."""
+    weights = similarity.float().softmax(-1).masked_fill(same, 0.0)
+    usable = weights.sum(-1) > 0
+    picks = torch.full((similarity.shape[0],), -1, dtype=torch.long, device=similarity.device)
+    if usable.any():
+        picks[usable] = torch.multinomial(weights[usable], 1, generator=generator).squeeze(-1)
+    return picks
+
+
+class ILMForItemTextPretraining(ILMPreTrainedModel):
+    """Phase 1: the Q-Former item encoder learns from item texts and interactions (no LLM involved).
+
+    Losses (BLIP-2 stage 1 with items for images, plus ILM's interaction losses):
+    ITC item-text contrastive, ITM item-text matching with hard negatives, ITG item-grounded text
+    generation, item-item contrastive (items consumed together), user-item contrastive (a user's CF
+    vector through the same encoder vs an item they liked). Weights in `config.phase1_loss_weights`.
+    Saves as a light checkpoint that `ILMForConditionalGeneration.from_pretrained` loads directly.
+    """
+
+    def __init__(self, config: ILMConfig):
+        super().__init__(config)
+        if config.adapter_type != "qformer":
+            raise ValueError("Phase-1 pretraining trains the Q-Former; adapter_type='mlp' has none to pretrain.")
+        config.stores_language_model = False
+        self._build_item_encoder(config)
+        hidden = config.qformer_config.hidden_size
+        self.item_projection = nn.Linear(hidden, config.contrastive_dim)
+        self.text_projection = nn.Linear(hidden, config.contrastive_dim)
+        self.itm_head = nn.Linear(hidden, 2)
+        self.itg_transform = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.LayerNorm(hidden, eps=config.qformer_config.layer_norm_eps))
+        self.itg_bias = nn.Parameter(torch.zeros(config.qformer_config.vocab_size))
+        self.temperature = nn.Parameter(torch.tensor(0.07))
+        self.post_init()
+        self.cf_embeddings.requires_grad_(False)
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, ILMForItemTextPretraining):
+            init.constant_(module.temperature, 0.07)
+            init.zeros_(module.itg_bias)
+
+    @classmethod
+    def from_components(cls, text_model_name_or_path, qformer_name_or_path, *, item_embeddings=None, user_embeddings=None, **config_kwargs):
+        """A fresh phase-1 model: Q-Former from a BERT-family encoder, and the LLM named (config only)
+        so the checkpoint loads straight into `ILMForConditionalGeneration`."""
+        from transformers import AutoConfig, AutoModel
+
+        bert = AutoModel.from_pretrained(qformer_name_or_path, dtype=torch.float32)
+        qformer_config = {key: getattr(bert.config, key) for key in QFORMER_FROM_BERT}
+        qformer_config.update(config_kwargs.pop("qformer_config", None) or {})
+        if item_embeddings is not None:
+            config_kwargs.setdefault("cf_dim", item_embeddings.shape[1])
+        config = ILMConfig(
+            qformer_config=qformer_config,
+            text_config=AutoConfig.from_pretrained(text_model_name_or_path),
+            text_model_name_or_path=str(text_model_name_or_path),
+            **config_kwargs,
+        )
+        model = cls(config)
+        model.item_encoder.load_bert_weights(bert.state_dict())
+        model.set_cf_embeddings(item_embeddings, user_embeddings)
+        return model
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        model = super().from_pretrained(*args, **kwargs)
+        model.cf_embeddings.requires_grad_(False)
+        return model
+
+    # --- features --------------------------------------------------------------------------------
+
+    def query_features(self, cf_embeds, is_user=False):
+        """Normalised per-query features `(N, num_query_tokens, contrastive_dim)`."""
+        queries = self.item_encoder(cf_embeds, mode="query", is_user=is_user).last_hidden_state
+        return nn.functional.normalize(self.item_projection(queries), dim=-1)
+
+    def pooled_features(self, cf_embeds, is_user=False):
+        """One normalised vector per item/user (mean over queries): for item-item and user-item."""
+        return nn.functional.normalize(self.query_features(cf_embeds, is_user).mean(1), dim=-1)
+
+    def text_features(self, input_ids, attention_mask):
+        text = self.item_encoder(input_ids=input_ids, attention_mask=attention_mask, mode="text").last_hidden_state
+        return nn.functional.normalize(self.text_projection(text[:, 0]), dim=-1)
+
+    def item_text_similarity(self, query_feats, text_feats):
+        """BLIP-2's ITC score: the best-matching query against the text [CLS] feature."""
+        return torch.einsum("iqd,td->itq", query_feats, text_feats).max(-1).values
+
+    # --- losses ----------------------------------------------------------------------------------
+
+    def forward(
+        self,
+        item_ids=None,
+        item_embeds=None,
+        input_ids=None,
+        attention_mask=None,
+        partner_ids=None,
+        user_ids=None,
+        **kwargs,
+    ) -> ILMPretrainingOutput:
+        r"""
+        item_ids (`(batch,)`) / item_embeds (`(batch, cf_dim)`): the anchor items.
+        input_ids / attention_mask (`(batch, text_len)`): each item's text in the Q-Former's vocabulary.
+        partner_ids (`(batch,)`): an item related to each anchor (consumed together), -1 where none.
+        user_ids (`(batch,)`): a user who liked each anchor, -1 where none.
+        """
+        weights = self.config.phase1_loss_weights
+        temperature = self.temperature.clamp(0.001, 0.5)
+        cf = self.cf_vectors("item", item_ids, item_embeds)
+        anchor_ids = item_ids.to(self.device) if item_ids is not None else torch.arange(cf.shape[0], device=self.device)
+        losses = {}
+        item_feats = self.query_features(cf)
+
+        if weights["itc"] or weights["itm"]:
+            text_feats = self.text_features(input_ids, attention_mask)
+            all_text, offset = gather_with_grad(text_feats)
+            all_ids, _ = gather_with_grad(anchor_ids)
+            all_items, _ = gather_with_grad(item_feats)
+            sim_i2t = self.item_text_similarity(item_feats, all_text)
+            sim_t2i = self.item_text_similarity(all_items, text_feats).t()
+            if weights["itc"]:
+                losses["itc"] = (info_nce(sim_i2t / temperature, all_ids, offset) + info_nce(sim_t2i / temperature, all_ids, offset)) / 2
+            if weights["itm"]:
+                losses["itm"] = self.itm_loss(cf, input_ids, attention_mask, anchor_ids, sim_i2t[:, offset : offset + cf.shape[0]].detach() / temperature)
+
+        if weights["itg"]:
+            decoder_ids = input_ids.clone()
+            decoder_ids[:, 0] = self.config.text_decoder_bos_token_id  # BLIP-2's [DEC] in place of [CLS]
+            hidden = self.item_encoder(cf, input_ids=decoder_ids, attention_mask=attention_mask, mode="causal").last_hidden_state
+            logits = self.itg_logits(hidden[:, self.config.num_query_tokens :])
+            labels = input_ids.masked_fill(attention_mask == 0, -100)
+            losses["itg"] = nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
+
+        for kind, other_ids in (("item_item", partner_ids), ("user_item", user_ids)):
+            if not weights[kind] or other_ids is None or not (other_ids >= 0).any():
+                continue
+            has = other_ids.to(self.device) >= 0
+            anchors = nn.functional.normalize(item_feats[has].mean(1), dim=-1)
+            entity = "item" if kind == "item_item" else "user"
+            others = self.pooled_features(self.cf_vectors(entity, other_ids.to(self.device)[has]), is_user=entity == "user")
+            all_anchors, offset = gather_with_grad(anchors)
+            all_others, _ = gather_with_grad(others)
+            all_anchor_ids, _ = gather_with_grad(anchor_ids[has])
+            all_other_ids, _ = gather_with_grad(other_ids.to(self.device)[has])
+            losses[kind] = (
+                info_nce(anchors @ all_others.t() / temperature, all_other_ids, offset)
+                + info_nce(others @ all_anchors.t() / temperature, all_anchor_ids, offset)
+            ) / 2
+
+        total = sum(weights[name] * value for name, value in losses.items())
+        return ILMPretrainingOutput(loss=total if losses else None, **{f"loss_{name}": value for name, value in losses.items()})
+
+    def itg_logits(self, text_hidden):
+        return nn.functional.linear(self.itg_transform(text_hidden), self.item_encoder.embeddings.word_embeddings.weight, self.itg_bias)
+
+    def itm_loss(self, cf, input_ids, attention_mask, anchor_ids, sim_i2t):
+        """BLIP-2 ITM: positives, plus for each item a hard negative text and for each text a hard
+        negative item, sampled in proportion to ITC similarity, never the positive or a duplicate."""
+        same_item = anchor_ids[:, None] == anchor_ids[None, :]
+        same_text = (input_ids[:, None, :] == input_ids[None, :, :]).all(-1)
+        same = same_item | same_text
+        negative_text = sample_hard_negatives(sim_i2t, same)
+        negative_item = sample_hard_negatives(sim_i2t.t(), same)
+        rows = torch.arange(cf.shape[0], device=cf.device)
+        ok_text, ok_item = negative_text >= 0, negative_item >= 0
+        item_cf = torch.cat([cf, cf[ok_text], cf[negative_item[ok_item]]])
+        text_rows = torch.cat([rows, negative_text[ok_text], rows[ok_item]])
+        labels = torch.cat([torch.ones_like(rows), torch.zeros(int(ok_text.sum() + ok_item.sum()), dtype=torch.long, device=cf.device)])
+        hidden = self.item_encoder(item_cf, input_ids=input_ids[text_rows], attention_mask=attention_mask[text_rows], mode="multimodal").last_hidden_state
+        logits = self.itm_head(hidden[:, : self.config.num_query_tokens]).mean(1)
+        return nn.functional.cross_entropy(logits, labels)
+
+
 def dequantized_copy(model: PreTrainedModel) -> PreTrainedModel:
     """A plain (serializable) copy of a model loaded from a quantized file such as GGUF."""
     config = model.config
@@ -531,4 +744,4 @@ def dequantized_copy(model: PreTrainedModel) -> PreTrainedModel:
     return plain.eval()
 
 
-__all__ = ["ILMPreTrainedModel", "ILMForConditionalGeneration", "ILMQFormerEncoder", "ILMCFEmbeddings", "dequantized_copy"]
+__all__ = ["ILMPreTrainedModel", "ILMForConditionalGeneration", "ILMForItemTextPretraining", "ILMPretrainingOutput", "ILMQFormerEncoder", "ILMCFEmbeddings", "dequantized_copy"]

@@ -1,0 +1,16 @@
+"""ILM data layer: raw interactions + item metadata -> splits, CF embeddings, phase-1/phase-2
+datasets and evaluation candidates. See training/data/README.md; CLI: python -m training.data build."""
+
+from .build import BuildConfig, build_dataset
+from .candidates import load_candidates
+from .sources import DataValidationError
+from .templates import ITEM_PLACEHOLDER, USER_PLACEHOLDER
+
+__all__ = [
+    "BuildConfig",
+    "build_dataset",
+    "load_candidates",
+    "DataValidationError",
+    "ITEM_PLACEHOLDER",
+    "USER_PLACEHOLDER",
+]
