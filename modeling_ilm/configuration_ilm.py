@@ -40,6 +40,10 @@ class ILMConfig(PreTrainedConfig):
             Hub id or path of the frozen LLM; a "light" checkpoint reloads the LLM from here.
         stores_language_model (`bool`):
             False in a light checkpoint, whose weights file holds everything but the frozen LLM.
+        lora_config (`dict`, *optional*):
+            `peft.LoraConfig` fields for optional LoRA on the LLM (e.g. `{"r": 8, "target_modules": ["q_proj", "v_proj"]}`).
+            Off by default: with it, text-only outputs no longer equal the base LLM's (they do again
+            inside `model.language_model.disable_adapter()`).
         contrastive_dim (`int`):
             Width of the normalised features used by the phase-1 contrastive losses (BLIP-2: 256).
         phase1_loss_weights (`dict`):
@@ -79,6 +83,7 @@ class ILMConfig(PreTrainedConfig):
     user_token_id: int | None = None
     text_model_name_or_path: str | None = None
     stores_language_model: bool = True
+    lora_config: dict | None = None
     contrastive_dim: int = 256
     phase1_loss_weights: dict | None = None
     text_decoder_bos_token_id: int = 2  # "[unused1]" in BERT vocabularies

@@ -258,12 +258,24 @@ class ILMForConditionalGeneration(ILMPreTrainedModel, GenerationMixin):
                 nn.Linear(config.mlp_hidden_size, config.num_query_tokens * llm_hidden),
             )
         self.language_model = language_model or AutoModelForCausalLM.from_config(config.text_config)
+        if config.lora_config:
+            self.language_model = _with_lora(self.language_model, config.lora_config)
         self.post_init()
         self.freeze_language_model()
 
     def freeze_language_model(self):
-        self.language_model.requires_grad_(False)
+        """The LLM (but for its LoRA weights, when enabled) and the CF tables never train."""
+        for name, param in self.language_model.named_parameters():
+            param.requires_grad = "lora_" in name
         self.cf_embeddings.requires_grad_(False)
+
+    def enable_lora(self, **lora_config):
+        """Adds LoRA to the LLM (an option; ILM keeps the LLM frozen). Saved and loaded with the model."""
+        if self.config.lora_config:
+            raise ValueError("LoRA is already enabled on this model.")
+        self.config.lora_config = lora_config
+        self.language_model = _with_lora(self.language_model, lora_config)
+        self.freeze_language_model()
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -464,7 +476,8 @@ class ILMForConditionalGeneration(ILMPreTrainedModel, GenerationMixin):
             return super().save_pretrained(save_directory, *args, **kwargs)
         if not self.config.text_model_name_or_path:
             raise ValueError("A light save needs `config.text_model_name_or_path` (the frozen LLM's Hub id or path).")
-        state_dict = {k: v for k, v in self.state_dict().items() if not k.startswith("language_model.")}
+        # LoRA weights are trained weights: they stay in a light folder
+        state_dict = {k: v for k, v in self.state_dict().items() if not k.startswith("language_model.") or "lora_" in k}
         self.config.stores_language_model = False
         try:
             return super().save_pretrained(save_directory, *args, state_dict=state_dict, **kwargs)
@@ -507,7 +520,7 @@ class ILMForConditionalGeneration(ILMPreTrainedModel, GenerationMixin):
         model = cls(config, language_model=llm)
         weights_file = cached_file(path, "model.safetensors", **hub)
         missing, unexpected = model.load_state_dict(load_file(weights_file), strict=False)
-        missing_encoder = [k for k in missing if not k.startswith(("language_model.", "adapter."))]
+        missing_encoder = [k for k in missing if not k.startswith(("language_model.", "adapter.")) or "lora_" in k]
         if missing_encoder:
             raise ValueError(f"{path} lacks item-encoder weights: {missing_encoder[:5]} ...")
         if any(k.startswith("adapter.") for k in missing):
@@ -686,12 +699,7 @@ class ILMForItemTextPretraining(ILMPreTrainedModel):
                 losses["itm"] = self.itm_loss(cf, input_ids, attention_mask, anchor_ids, sim_i2t[:, offset : offset + cf.shape[0]].detach() / temperature)
 
         if weights["itg"]:
-            decoder_ids = input_ids.clone()
-            decoder_ids[:, 0] = self.config.text_decoder_bos_token_id  # BLIP-2's [DEC] in place of [CLS]
-            hidden = self.item_encoder(cf, input_ids=decoder_ids, attention_mask=attention_mask, mode="causal").last_hidden_state
-            logits = self.itg_logits(hidden[:, self.config.num_query_tokens :])
-            labels = input_ids.masked_fill(attention_mask == 0, -100)
-            losses["itg"] = nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
+            losses["itg"] = self.itg_loss(cf, input_ids, attention_mask)
 
         for kind, other_ids in (("item_item", partner_ids), ("user_item", user_ids)):
             if not weights[kind] or other_ids is None or not (other_ids >= 0).any():
@@ -712,8 +720,16 @@ class ILMForItemTextPretraining(ILMPreTrainedModel):
         total = sum(weights[name] * value for name, value in losses.items())
         return ILMPretrainingOutput(loss=total if losses else None, **{f"loss_{name}": value for name, value in losses.items()})
 
-    def itg_logits(self, text_hidden):
-        return nn.functional.linear(self.itg_transform(text_hidden), self.item_encoder.embeddings.word_embeddings.weight, self.itg_bias)
+    def itg_loss(self, cf, input_ids, attention_mask):
+        """Item-grounded generation: next-token loss on the text, decoded after the queries."""
+        decoder_ids = input_ids.clone()
+        decoder_ids[:, 0] = self.config.text_decoder_bos_token_id  # BLIP-2's [DEC] in place of [CLS]
+        hidden = self.item_encoder(cf, input_ids=decoder_ids, attention_mask=attention_mask, mode="causal").last_hidden_state
+        text_hidden = hidden[:, self.config.num_query_tokens :]
+        # the LM head shares the Q-Former's word embeddings, as BERT's does
+        logits = nn.functional.linear(self.itg_transform(text_hidden), self.item_encoder.embeddings.word_embeddings.weight, self.itg_bias)
+        labels = input_ids.masked_fill(attention_mask == 0, -100)
+        return nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
 
     def itm_loss(self, cf, input_ids, attention_mask, anchor_ids, sim_i2t):
         """BLIP-2 ITM: positives, plus for each item a hard negative text and for each text a hard
@@ -731,6 +747,12 @@ class ILMForItemTextPretraining(ILMPreTrainedModel):
         hidden = self.item_encoder(item_cf, input_ids=input_ids[text_rows], attention_mask=attention_mask[text_rows], mode="multimodal").last_hidden_state
         logits = self.itm_head(hidden[:, : self.config.num_query_tokens]).mean(1)
         return nn.functional.cross_entropy(logits, labels)
+
+
+def _with_lora(language_model, lora_config: dict):
+    from peft import LoraConfig, get_peft_model
+
+    return get_peft_model(language_model, LoraConfig(**{"lora_dropout": 0.0, **lora_config}))
 
 
 def dequantized_copy(model: PreTrainedModel) -> PreTrainedModel:

@@ -1,0 +1,41 @@
+"""Run configs: a YAML/JSON file of dataclass fields, plus `--set key=value` overrides."""
+
+import dataclasses
+import json
+import typing
+from pathlib import Path
+
+import yaml
+
+
+def load_config(cls, path=None, overrides=()):
+    """Builds `cls` (a dataclass) from a YAML/JSON file and `key=value` overrides (values in YAML syntax)."""
+    values = {}
+    if path is not None:
+        text = Path(path).read_text()
+        values = (json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)) or {}
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: a config is a mapping of field: value, got {type(values).__name__}.")
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        if not sep:
+            raise ValueError(f"Override {override!r} must look like key=value.")
+        values[key.strip()] = yaml.safe_load(value)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise ValueError(f"{path or 'overrides'}: unknown config keys {unknown}; known: {sorted(fields)}.")
+    hints = typing.get_type_hints(cls)
+    for key, value in values.items():
+        # YAML 1.1 reads "5e-4" as a string; numbers are what a float field means
+        if isinstance(value, str) and float in typing.get_args(hints[key]) + (hints[key],):
+            try:
+                values[key] = float(value)
+            except ValueError:
+                raise ValueError(f"Config field {key} must be a number, got {value!r}.") from None
+    return cls(**values)
+
+
+def save_config(config, path):
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))

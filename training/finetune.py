@@ -1,0 +1,218 @@
+"""Phase 2: align the item encoder with the frozen LLM, multitask, with Trainer.
+
+    python -m training.finetune --config training/configs/finetune_cpu.yaml [--set key=value ...]
+
+Starts from a phase-1 checkpoint (ILM), from scratch (`init: scratch`, "ILM-rand"), or with
+`adapter_type: mlp` (the CoLLM-style MLP baseline). Only the encoder and adapter train; the loss
+is on answer tokens only. Resumes after a kill from light checkpoints (no LLM copy in them) and
+writes `output_dir/model`: a standalone folder (model + processor + catalog) that
+`AutoModel.from_pretrained(..., trust_remote_code=True)` loads.
+"""
+
+import argparse
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from datasets import load_from_disk
+from safetensors.torch import load_file
+from transformers import set_seed
+
+from modeling_ilm import ILMForConditionalGeneration, ILMProcessor
+from training import assets
+from training.config import load_config, save_config
+from training.plots import plot_training_curves
+from training.trainer import ComponentLossTrainer, last_checkpoint, training_arguments
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class FinetuneConfig:
+    data_dir: str = "runs/ml100k/data"
+    output_dir: str = "runs/ml100k/phase2"
+    init: str = "runs/ml100k/phase1/final"  # a phase-1 checkpoint, or "scratch" (ILM-rand; also for mlp)
+    name: str = "ILM"  # the row name in result tables
+    llm: str = "default"
+    qformer: str = "default"
+    adapter_type: str = "qformer"
+    num_query_tokens: int = 4  # must match the phase-1 checkpoint when starting from one
+    num_cf_tokens: int = 4
+    mlp_hidden_size: int = 1024
+    lora: dict | None = None  # peft LoraConfig fields: LoRA on the LLM (off: the paper keeps it frozen)
+    task_weights: dict | None = None  # task -> sampling weight (None: as many as the data has)
+    num_train_examples: int = 2000  # examples drawn (with the task weights) for training
+    num_eval_examples: int = 200
+    max_length: int = 512  # longer examples are dropped (and counted), never cut through an item
+    batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    max_steps: int = 250
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.05
+    warmup_ratio: float = 0.05
+    logging_steps: int = 10
+    eval_steps: int = 0
+    save_steps: int = 50
+    gradient_checkpointing: bool = False
+    bf16: bool | str = "auto"
+    dataloader_num_workers: int = 0
+    seed: int = 0
+
+
+def mixed_examples(dataset, task_weights, size, seed):
+    """`size` row indices drawn task by task in proportion to `task_weights` (seeded)."""
+    tasks = np.asarray(dataset["task"])
+    names = sorted(set(tasks))
+    weights = {t: 1.0 for t in names} if task_weights is None else task_weights
+    unknown = set(weights) - set(names)
+    if unknown:
+        raise ValueError(f"task_weights names tasks {sorted(unknown)} that the data lacks; tasks: {names}.")
+    if task_weights is None:  # as many as the data has
+        probs = np.array([(tasks == t).sum() for t in names], dtype=float)
+    else:
+        probs = np.array([weights.get(t, 0.0) for t in names], dtype=float)
+    rng = np.random.default_rng(seed)
+    drawn = rng.choice(len(names), size=size, p=probs / probs.sum())
+    by_task = {t: np.flatnonzero(tasks == t) for t in names}
+    return [int(rng.choice(by_task[names[k]])) for k in drawn]
+
+
+class ChatCollator:
+    """Tokenizes chat examples with labels on the assistant turns only (right padding)."""
+
+    def __init__(self, processor):
+        self.processor = processor
+
+    def __call__(self, rows):
+        return dict(
+            self.processor(
+                messages=[r["messages"] for r in rows],
+                item_ids=[r["item_ids"] for r in rows],
+                user_ids=[r["user_ids"] for r in rows],
+                return_labels=True,
+                add_generation_prompt=False,
+                padding_side="right",
+            )
+        )
+
+
+class Phase2Trainer(ComponentLossTrainer):
+    """Checkpoints hold the trained weights only: the frozen LLM is never copied into them."""
+
+    def _save(self, output_dir=None, state_dict=None):
+        output_dir = output_dir or self.args.output_dir
+        self.model.save_pretrained(output_dir, include_language_model=False)
+
+
+def build_model_and_processor(config: FinetuneConfig):
+    data_dir = Path(config.data_dir)
+    catalog = json.loads((data_dir / "catalog.json").read_text())
+    processor = ILMProcessor.from_components(assets.resolve_llm(config.llm), catalog=catalog, num_query_tokens=config.num_query_tokens)
+    if config.init == "scratch" or config.adapter_type == "mlp":
+        cf = load_file(str(data_dir / "cf" / "embeddings.safetensors"))
+        model = ILMForConditionalGeneration.from_components(
+            assets.resolve_llm(config.llm),
+            assets.resolve_qformer(config.qformer) if config.adapter_type == "qformer" else None,
+            item_embeddings=cf["item_embeddings"],
+            user_embeddings=cf["user_embeddings"],
+            item_token_id=processor.item_token_id,
+            user_token_id=processor.user_token_id,
+            num_query_tokens=config.num_query_tokens,
+            num_cf_tokens=config.num_cf_tokens,
+            adapter_type=config.adapter_type,
+            mlp_hidden_size=config.mlp_hidden_size,
+        )
+    else:
+        model = ILMForConditionalGeneration.from_pretrained(config.init)
+        if model.config.num_query_tokens != config.num_query_tokens:
+            raise ValueError(
+                f"{config.init} has num_query_tokens={model.config.num_query_tokens} but this config says "
+                f"{config.num_query_tokens}; make them equal."
+            )
+        model.config.item_token_id, model.config.user_token_id = processor.item_token_id, processor.user_token_id
+    if config.lora and not model.config.lora_config:
+        model.enable_lora(**config.lora)
+    if model.config.num_items != len(catalog["items"]):
+        raise ValueError(f"The model's CF table has {model.config.num_items} items, the catalog {len(catalog['items'])}.")
+    return model, processor
+
+
+def finetune(config: FinetuneConfig) -> dict:
+    start = time.time()
+    set_seed(config.seed)
+    output_dir = Path(config.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, output_dir / "finetune_config.yaml")
+    model, processor = build_model_and_processor(config)
+
+    phase2 = load_from_disk(str(Path(config.data_dir) / "phase2"))
+    lengths = {}
+
+    def short_enough(split, indices):
+        rows = phase2[split].select(indices)
+        sizes = [
+            len(processor(messages=row["messages"], item_ids=row["item_ids"], user_ids=row["user_ids"], add_generation_prompt=False)["input_ids"][0])
+            for row in rows
+        ]
+        kept = [i for i, size in zip(indices, sizes) if size <= config.max_length]
+        lengths[split] = {
+            "drawn": len(indices),
+            "dropped_too_long": len(indices) - len(kept),
+            "mean_tokens": float(np.mean([s for s in sizes if s <= config.max_length])) if kept else 0.0,
+        }
+        return phase2[split].select(kept)
+
+    train = short_enough("train", mixed_examples(phase2["train"], config.task_weights, config.num_train_examples, config.seed))
+    evaluation = short_enough("validation", mixed_examples(phase2["validation"], config.task_weights, config.num_eval_examples, config.seed)) if config.eval_steps else None
+    logger.info("Phase-2 examples: %s", lengths)
+
+    trainer = Phase2Trainer(
+        model=model,
+        args=training_arguments(config, prediction_loss_only=True, per_device_eval_batch_size=config.batch_size),
+        train_dataset=train,
+        eval_dataset=evaluation,
+        data_collator=ChatCollator(processor),
+    )
+    resume = last_checkpoint(config.output_dir)
+    if resume:
+        logger.info("Resuming phase 2 from %s", resume)
+    train_output = trainer.train(resume_from_checkpoint=resume)
+
+    model_dir = output_dir / "model"
+    model.save_pretrained(model_dir)
+    processor.save_pretrained(model_dir)
+    plot_training_curves(trainer.state.log_history, model_dir / "training_curves.png", f"Phase 2 ({config.name})")
+    samples_per_second = train_output.metrics.get("train_samples_per_second") or 0.0
+    summary = {
+        "name": config.name,
+        "init": config.init,
+        "adapter_type": config.adapter_type,
+        "steps": trainer.state.global_step,
+        "examples": lengths,
+        "tasks": {task: train["task"].count(task) for task in sorted(set(train["task"]))},
+        "time_s": round(time.time() - start, 1),
+        "train_samples_per_second": samples_per_second,
+        "train_tokens_per_second": round(samples_per_second * lengths["train"]["mean_tokens"], 1),
+        "final_train_loss": train_output.metrics.get("train_loss"),
+        "log_history": trainer.state.log_history,
+    }
+    (output_dir / "phase2_results.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="YAML/JSON file of FinetuneConfig fields")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    summary = finetune(load_config(FinetuneConfig, args.config, args.set))
+    print(f"\nPhase 2 {summary['name']}: {summary['steps']} steps in {summary['time_s']}s, final train loss {summary['final_train_loss']:.4f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""What phase 1 and phase 2 share on top of transformers' Trainer."""
+
+import os
+
+import torch
+from transformers import Trainer, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
+
+
+class ComponentLossTrainer(Trainer):
+    """Logs every `loss_*` field of the model output next to the total loss."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._components, self._counts = {}, {}
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        outputs = model(**inputs)
+        for name, value in outputs.items():
+            if name.startswith("loss_") and value is not None:
+                self._components[name] = self._components.get(name, 0.0) + value.detach().float().item()
+                self._counts[name] = self._counts.get(name, 0) + 1
+        return (outputs.loss, outputs) if return_outputs else outputs.loss
+
+    def log(self, logs, *args, **kwargs):
+        if "loss" in logs:  # a training log: add the component averages since the last one
+            logs.update({name: round(total / self._counts[name], 4) for name, total in self._components.items()})
+            self._components, self._counts = {}, {}
+        super().log(logs, *args, **kwargs)
+
+
+def training_arguments(config, **overrides) -> TrainingArguments:
+    """TrainingArguments from a phase config (fields shared by both phases)."""
+    use_bf16 = config.bf16 if config.bf16 != "auto" else torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    values = dict(
+        output_dir=config.output_dir,
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        max_steps=config.max_steps,
+        learning_rate=config.learning_rate,
+        weight_decay=config.weight_decay,
+        warmup_steps=max(1, int(config.warmup_ratio * config.max_steps)),
+        lr_scheduler_type="cosine",
+        logging_steps=config.logging_steps,
+        eval_strategy="steps" if config.eval_steps else "no",
+        eval_steps=config.eval_steps or None,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=2,
+        bf16=bool(use_bf16),
+        gradient_checkpointing=config.gradient_checkpointing,
+        dataloader_num_workers=config.dataloader_num_workers,
+        seed=config.seed,
+        report_to="none",
+        remove_unused_columns=False,
+    )
+    values.update(overrides)
+    return TrainingArguments(**values)
+
+
+def last_checkpoint(output_dir):
+    """The checkpoint to resume from after a kill, or None for a fresh run."""
+    return get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
