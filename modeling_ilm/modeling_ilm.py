@@ -486,13 +486,13 @@ class ILMForConditionalGeneration(ILMPreTrainedModel, GenerationMixin):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        config = kwargs.get("config")
+        config = kwargs.pop("config", None)
         if not isinstance(config, ILMConfig):
             hub = {k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
             config = ILMConfig.from_pretrained(pretrained_model_name_or_path, **hub)
         if not config.stores_language_model:
             return cls._from_light_checkpoint(pretrained_model_name_or_path, config, **kwargs)
-        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        model = super().from_pretrained(pretrained_model_name_or_path, *args, config=config, **kwargs)
         for tensor in itertools.chain(model.parameters(), model.buffers()):
             # Memory-mapped safetensors can leave weights unaligned, and CPU kernels then round
             # differently: copy those, so a reloaded model gives bit-identical logits.

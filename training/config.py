@@ -8,14 +8,19 @@ from pathlib import Path
 import yaml
 
 
-def load_config(cls, path=None, overrides=()):
-    """Builds `cls` (a dataclass) from a YAML/JSON file and `key=value` overrides (values in YAML syntax)."""
+def load_config(cls, path=None, overrides=(), section=None):
+    """Builds `cls` (a dataclass) from a YAML/JSON file and `key=value` overrides (values in YAML syntax).
+
+    A preset file with sections (`pretrain:`, `finetune:`, ...) gives the `section` one.
+    """
     values = {}
     if path is not None:
         text = Path(path).read_text()
         values = (json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)) or {}
         if not isinstance(values, dict):
             raise ValueError(f"{path}: a config is a mapping of field: value, got {type(values).__name__}.")
+        if section in values:
+            values = dict(values[section] or {})
     for override in overrides:
         key, sep, value = override.partition("=")
         if not sep:

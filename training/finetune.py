@@ -1,6 +1,6 @@
 """Phase 2: align the item encoder with the frozen LLM, multitask, with Trainer.
 
-    python -m training.finetune --config training/configs/finetune_cpu.yaml [--set key=value ...]
+    python -m training.finetune --config training/configs/cpu.yaml [--set key=value ...]
 
 Starts from a phase-1 checkpoint (ILM), from scratch (`init: scratch`, "ILM-rand"), or with
 `adapter_type: mlp` (the CoLLM-style MLP baseline). Only the encoder and adapter train; the loss
@@ -206,11 +206,11 @@ def finetune(config: FinetuneConfig) -> dict:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML/JSON file of FinetuneConfig fields")
+    parser.add_argument("--config", help="YAML/JSON file of FinetuneConfig fields, or a preset (its finetune: section)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    summary = finetune(load_config(FinetuneConfig, args.config, args.set))
+    summary = finetune(load_config(FinetuneConfig, args.config, args.set, section="finetune"))
     print(f"\nPhase 2 {summary['name']}: {summary['steps']} steps in {summary['time_s']}s, final train loss {summary['final_train_loss']:.4f}")
 
 

@@ -1,6 +1,6 @@
 """Phase 1: pretrain the Q-Former item encoder (ITC, ITM, ITG, item-item, user-item) with Trainer.
 
-    python -m training.pretrain --config training/configs/pretrain_cpu.yaml [--set key=value ...]
+    python -m training.pretrain --config training/configs/cpu.yaml [--set key=value ...]
 
 Resumes from the last checkpoint in `output_dir` after a kill. Writes `output_dir/final` (a light
 checkpoint that `ILMForConditionalGeneration.from_pretrained` loads for phase 2), the metrics,
@@ -234,11 +234,11 @@ def pretrain(config: PretrainConfig) -> dict:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML/JSON file of PretrainConfig fields")
+    parser.add_argument("--config", help="YAML/JSON file of PretrainConfig fields, or a preset (its pretrain: section)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    summary = pretrain(load_config(PretrainConfig, args.config, args.set))
+    summary = pretrain(load_config(PretrainConfig, args.config, args.set, section="pretrain"))
     metrics = summary["metrics"]
     print(f"\nPhase 1 ILM-{summary['variant']}: {summary['steps']} steps in {summary['time_s']}s")
     print("| metric | value |\n|---|---|")

@@ -1,0 +1,117 @@
+"""Phase 1 and phase 2 scripts end to end on tiny components and the small generic data fixture:
+configs, task mixing, resume after a kill, and checkpoints that load into the next stage."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from datasets import load_from_disk
+from transformers import AutoModel
+
+from training.config import load_config
+from training.data import build_dataset
+from training.finetune import FinetuneConfig, finetune, mixed_examples
+from training.pretrain import Phase1Examples, PretrainConfig, pretrain
+
+FIXTURE = Path(__file__).parent / "fixtures" / "data" / "generic"
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("data") / "data"
+    build_dataset(out, interactions=FIXTURE / "interactions.csv", items=FIXTURE / "items.csv", users=FIXTURE / "users.csv", cf_dim=8, cf_iterations=3)
+    return out
+
+
+@pytest.fixture(scope="module")
+def phase1_dir(tiny_components, data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("phase1")
+    pretrain(tiny_pretrain_config(tiny_components, data_dir, out, max_steps=4))
+    return out
+
+
+def tiny_pretrain_config(tiny_components, data_dir, out, **overrides):
+    values = dict(
+        data_dir=str(data_dir), output_dir=str(out), llm=tiny_components["llm"], qformer=tiny_components["bert"],
+        num_query_tokens=2, num_cf_tokens=2, batch_size=8, max_steps=4, logging_steps=1, eval_steps=2, save_steps=2, learning_rate=1e-3,
+    )
+    return PretrainConfig(**{**values, **overrides})
+
+
+def test_config_files_sections_overrides_and_errors(tmp_path):
+    preset = tmp_path / "preset.yaml"
+    preset.write_text("pretrain:\n  batch_size: 7\n  learning_rate: 5e-4\nfinetune:\n  batch_size: 3\n")
+    config = load_config(PretrainConfig, preset, ["max_steps=9"], section="pretrain")
+    assert (config.batch_size, config.learning_rate, config.max_steps) == (7, 5e-4, 9)
+    assert load_config(FinetuneConfig, preset, section="finetune").batch_size == 3
+    with pytest.raises(ValueError, match="unknown config keys \\['lr'\\]"):
+        load_config(PretrainConfig, None, ["lr=1"])
+    with pytest.raises(ValueError, match="must be a number"):
+        load_config(PretrainConfig, None, ["learning_rate=fast"])
+
+
+def test_phase1_examples_draw_real_partners_and_likers(data_dir):
+    examples = Phase1Examples(data_dir, seed=0)
+    pairs = load_from_disk(str(data_dir / "phase1"))["item_item_train"]
+    related = {(examples.item_row[a], examples.item_row[b]) for a, b in zip(pairs["item_id"], pairs["partner_id"])}
+    related |= {(b, a) for a, b in related}
+    for index in range(len(examples)):
+        example = examples[index]
+        assert example["partner_ids"] == -1 or (example["item_ids"], example["partner_ids"]) in related
+        assert example["user_ids"] == -1 or example["user_ids"] in examples.likers[example["item_ids"]]
+
+
+def test_task_mixing_follows_the_weights(data_dir):
+    train = load_from_disk(str(data_dir / "phase2"))["train"]
+    rows = mixed_examples(train, {"item_title": 3.0, "item_year": 1.0}, size=400, seed=0)
+    tasks = [train[i]["task"] for i in rows]
+    assert set(tasks) == {"item_title", "item_year"}
+    assert 0.65 < tasks.count("item_title") / 400 < 0.85
+    assert rows == mixed_examples(train, {"item_title": 3.0, "item_year": 1.0}, size=400, seed=0)  # seeded
+    with pytest.raises(ValueError, match="lacks"):
+        mixed_examples(train, {"poetry": 1.0}, size=4, seed=0)
+
+
+def test_phase1_run_logs_each_loss_evaluates_and_saves(phase1_dir):
+    results = json.loads((phase1_dir / "phase1_results.json").read_text())
+    assert results["steps"] == 4
+    logged = {k for entry in results["log_history"] for k in entry}
+    assert {"loss_itc", "loss_itm", "loss_itg", "loss_item_item", "eval_item_text_recall@10", "eval_item_item_recall@10", "eval_itg_loss"} <= logged
+    assert 0.0 <= results["metrics"]["item_text_recall@10"] <= 1.0
+    assert (phase1_dir / "training_curves.png").stat().st_size > 10_000
+    assert not list((phase1_dir / "final").glob("*.bin"))  # safetensors only
+
+
+def test_phase1_resumes_from_its_last_checkpoint(tiny_components, data_dir, tmp_path):
+    pretrain(tiny_pretrain_config(tiny_components, data_dir, tmp_path, max_steps=2, eval_steps=0))
+    first = json.loads((tmp_path / "checkpoint-2" / "trainer_state.json").read_text())
+    assert first["global_step"] == 2
+    results = pretrain(tiny_pretrain_config(tiny_components, data_dir, tmp_path, max_steps=4, eval_steps=0))
+    steps = [e["step"] for e in results["log_history"] if "loss" in e]
+    assert steps == [1, 2, 3, 4] and results["steps"] == 4  # steps 1-2 come from the resumed state, not a rerun
+
+
+def test_phase2_from_phase1_trains_saves_and_loads_with_automodel(tiny_components, data_dir, phase1_dir, tmp_path):
+    config = FinetuneConfig(
+        data_dir=str(data_dir), output_dir=str(tmp_path), init=str(phase1_dir / "final"), llm=tiny_components["llm"], qformer=tiny_components["bert"],
+        num_query_tokens=2, num_cf_tokens=2, num_train_examples=32, batch_size=4, max_steps=3, logging_steps=1, save_steps=2, learning_rate=1e-3,
+    )
+    summary = finetune(config)
+    assert summary["steps"] == 3 and summary["examples"]["train"]["dropped_too_long"] == 0
+    checkpoint = tmp_path / "checkpoint-2" / "model.safetensors"
+    from safetensors import safe_open
+
+    with safe_open(checkpoint, "pt") as f:
+        assert not any(k.startswith("language_model.") for k in f.keys())  # checkpoints skip the frozen LLM
+    model = AutoModel.from_pretrained(tmp_path / "model")
+    phase1 = AutoModel.from_pretrained(phase1_dir / "final")
+    assert not torch.equal(model.item_encoder.query_tokens, phase1.item_encoder.query_tokens)  # trained on
+    base = model.language_model.state_dict()
+    assert all(torch.equal(v, phase1.language_model.state_dict()[k]) for k, v in base.items())  # LLM untouched
+
+
+def test_phase2_rejects_a_query_count_mismatch(tiny_components, data_dir, phase1_dir, tmp_path):
+    config = FinetuneConfig(data_dir=str(data_dir), output_dir=str(tmp_path), init=str(phase1_dir / "final"), llm=tiny_components["llm"], num_query_tokens=3)
+    with pytest.raises(ValueError, match="num_query_tokens=2"):
+        finetune(config)
