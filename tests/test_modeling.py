@@ -1,13 +1,11 @@
 """ILMForConditionalGeneration on tiny random components: both adapter types through the same tests."""
 
 import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
-from conftest import CATALOG
+from conftest import CATALOG, run_without_package
 from transformers import AutoModel, AutoModelForCausalLM, BertModel
 
 from modeling_ilm import ILMConfig, ILMForConditionalGeneration, ILMProcessor
@@ -202,13 +200,7 @@ def test_trust_remote_code_load_without_the_package(model, processor, tmp_path):
         torch.save(model(**batch).logits, tmp_path / "logits.pt")
     script = textwrap.dedent(
         f"""
-        import sys, torch
-        sys.path = [p for p in sys.path if p not in ("", ".")]
-        try:
-            import modeling_ilm
-            raise SystemExit("modeling_ilm must not be importable here")
-        except ImportError:
-            pass
+        import torch
         from transformers import AutoModel, AutoProcessor
         model = AutoModel.from_pretrained({str(tmp_path / 'ilm')!r}, trust_remote_code=True).eval()
         processor = AutoProcessor.from_pretrained({str(tmp_path / 'ilm')!r}, trust_remote_code=True)
@@ -221,9 +213,7 @@ def test_trust_remote_code_load_without_the_package(model, processor, tmp_path):
         assert diff == 0.0
         """
     )
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env["HF_MODULES_CACHE"] = str(tmp_path / "modules")
-    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
+    result = run_without_package(script, cwd=tmp_path, env_extra={"HF_MODULES_CACHE": str(tmp_path / "modules")})
     assert result.returncode == 0, result.stdout + result.stderr
     assert "transformers_modules" in result.stdout and "maxdiff 0.0" in result.stdout
 

@@ -1,0 +1,433 @@
+"""Evaluation harness (training/evaluate) on a tiny synthetic data build and a tiny random ILM."""
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import WORDS
+from datasets import load_from_disk
+from safetensors.numpy import load_file
+from transformers import AutoModelForCausalLM, BertTokenizerFast
+
+from modeling_ilm import ILMForConditionalGeneration, ILMProcessor
+from training.data import DataValidationError, build_dataset
+from training.data.templates import ITEM_PLACEHOLDER, USER_PLACEHOLDER
+from training.evaluate import evaluate_baselines, evaluate_model, load_protocol, merge_results, to_markdown, write_report
+from training.evaluate.__main__ import main as cli_main
+from training.evaluate.alignment import first_year
+from training.evaluate.baselines import als_scorer, popularity_scorer
+from training.evaluate.lm import ChatModel
+from training.evaluate.metrics import bootstrap_ci, per_example, summarize
+from training.evaluate.preservation import max_logit_difference
+from training.evaluate.prompts import CANDIDATE_TEMPLATE, as_text, recommendation_prompt, text_processor
+from training.evaluate.protocol import display_order, select_users
+from training.evaluate.recommendation import generation_section, likelihood_scorer, ranking_section
+
+# titles made of words of the tiny tokenizer, so every title tokenizes differently
+TITLES = ["toy story", "heat", "casino", "babe", "jumanji", "sabrina", "hello world", "my name", "comedy", "drama", "a movie", "the title"]
+NUM_USERS, PER_USER, NUM_CANDIDATES = 6, 7, 5
+QUERIES = 2
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    src = tmp_path_factory.mktemp("tiny_src")
+    items = pd.DataFrame({
+        "item_id": [str(i) for i in range(1, len(TITLES) + 1)],
+        "title": TITLES,
+        "genres": ["Comedy|Drama" if i % 2 else "Drama" for i in range(len(TITLES))],
+        "year": [1990 + i for i in range(len(TITLES))],
+    })
+    rows = [
+        (f"u{u}", str((u * 5 + 3 * j) % len(TITLES) + 1), 1 + (u + j) % 5, 100 * j + u)
+        for u in range(1, NUM_USERS + 1) for j in range(PER_USER)
+    ]
+    inter = pd.DataFrame(rows, columns=["user_id", "item_id", "rating", "timestamp"])
+    items.to_csv(src / "items.csv", index=False)
+    inter.to_csv(src / "interactions.csv", index=False)
+    out = tmp_path_factory.mktemp("tiny_data") / "data"
+    build_dataset(out, interactions=src / "interactions.csv", items=src / "items.csv", cf_dim=8, cf_iterations=3,
+                  num_candidates=NUM_CANDIDATES, holdout_frac=0.25)
+    return out
+
+
+@pytest.fixture(scope="module")
+def ilm(tiny_components, data_dir):
+    catalog = json.loads((data_dir / "catalog.json").read_text())
+    cf = load_file(str(data_dir / "cf" / "embeddings.safetensors"))
+    processor = ILMProcessor.from_components(tiny_components["llm"], catalog=catalog, num_query_tokens=QUERIES)
+    torch.manual_seed(0)
+    model = ILMForConditionalGeneration.from_components(
+        tiny_components["llm"], tiny_components["bert"], item_token_id=processor.item_token_id,
+        user_token_id=processor.user_token_id, num_query_tokens=QUERIES,
+        item_embeddings=torch.from_numpy(cf["item_embeddings"]), user_embeddings=torch.from_numpy(cf["user_embeddings"]),
+    ).eval()
+    return model, processor
+
+
+@pytest.fixture(scope="module")
+def sentence_model(tiny_components, tmp_path_factory):
+    """The tiny BERT with a word-level vocabulary: a stand-in for MiniLM."""
+    folder = tmp_path_factory.mktemp("sbert")
+    vocab = folder / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *dict.fromkeys(WORDS)]))
+    BertTokenizerFast(vocab_file=str(vocab)).save_pretrained(folder)
+    from transformers import BertModel
+
+    BertModel.from_pretrained(tiny_components["bert"]).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def protocol(data_dir):
+    return load_protocol(data_dir, split="test", seed=0)
+
+
+# --------------------------------------------------------------------------------------------- metrics
+
+
+def test_ranking_metric_by_hand():
+    scores = [
+        [0.2, 0.9, 0.1],  # true 0.9 is best: rank 0
+        [0.5, 0.4, 0.9, 0.1, 0.3],  # 0.5 and 0.9 beat 0.4: rank 2
+        [0.3, 0.3],  # a tie counts against the true item: rank 1
+        [0.0, 1, 2, 3, 4, 5, 6],  # rank 6, outside the top 5
+    ]
+    truth = [1, 1, 0, 0]
+    values = per_example("ranking", scores, truth, k=[1, 5])
+    assert values["hr@1"].tolist() == [1, 0, 0, 0]
+    expected_ndcg = [1.0, 1 / math.log2(4), 1 / math.log2(3), 0.0]
+    np.testing.assert_allclose(values["ndcg@5"], expected_ndcg)
+    assert values["hr@5"].tolist() == [1, 1, 1, 0]
+    # the same lists in another order give the same values
+    perm = [np.random.default_rng(i).permutation(len(s)) for i, s in enumerate(scores)]
+    shuffled = [[s[j] for j in p] for s, p in zip(scores, perm)]
+    moved = [int(np.where(p == t)[0][0]) for p, t in zip(perm, truth)]
+    again = per_example("ranking", shuffled, moved, k=[1, 5])
+    np.testing.assert_allclose(again["ndcg@5"], expected_ndcg)
+
+
+def test_choice_exact_and_set_f1_metrics_by_hand():
+    values = per_example("choice", ["a", "", "c", "x"], ["a", "b", "d", "x"])
+    assert values["valid_ratio"].mean() == 0.75 and values["hr@1"].mean() == 0.5
+    assert np.nanmean(values["hr@1_valid"]) == pytest.approx(2 / 3) and np.isnan(values["hr@1_valid"][1])
+    assert per_example("exact_match", ["heat", "babe"], ["heat", "casino"])["exact_match"].tolist() == [1, 0]
+    f1 = per_example("set_f1", ["Comedy, Drama", "drama", ""], ["drama, Horror", "Drama", "Drama"])["f1"]
+    np.testing.assert_allclose(f1, [0.5, 1.0, 0.0])
+    assert [first_year(t) for t in ["It came out in 1995.", "in the 90s", "1995-1996"]] == ["1995", "", "1995"]
+
+
+def test_bootstrap_ci():
+    assert bootstrap_ci(np.full(50, 0.7), 500, seed=0) == [pytest.approx(0.7), pytest.approx(0.7)]  # zero width
+    sample = (np.random.default_rng(1).random(1000) < 0.3).astype(float)
+    lo, hi = bootstrap_ci(sample, 1000, seed=0)
+    mean, se = sample.mean(), sample.std() / math.sqrt(len(sample))
+    assert lo < mean < hi
+    assert lo == pytest.approx(mean - 1.96 * se, abs=0.01) and hi == pytest.approx(mean + 1.96 * se, abs=0.01)
+    assert bootstrap_ci(sample, 1000, seed=0) == [lo, hi] and bootstrap_ci(sample, 1000, seed=1) != [lo, hi]
+    with_nan = np.array([1.0, np.nan, 0.0, np.nan, 1.0])
+    assert summarize(with_nan, 200)["value"] == pytest.approx(2 / 3)
+    assert summarize(sample, 0) == {"value": pytest.approx(mean), "ci95": None}
+
+
+# --------------------------------------------------------------------------------------------- protocol
+
+
+def test_users_display_order_and_histories(data_dir, protocol):
+    assert select_users(["10", "2", "b", "1", "a"], 4) == ["1", "2", "10", "a"]
+    rows = json.loads((data_dir / "candidates" / "test.json").read_text())
+    assert protocol.users == select_users(rows) and len(protocol.users) == NUM_USERS
+    for u in protocol.users:
+        assert protocol.targets[u] == rows[u][0] and sorted(protocol.candidates[u]) == sorted(rows[u])
+        assert display_order(u, rows[u][::-1], 0) == protocol.candidates[u]  # the file's order does not matter
+    positions = {protocol.candidates[u].index(protocol.targets[u]) for u in protocol.users}
+    assert len(positions) > 1  # the true item is not always shown in the same place
+    assert any(display_order(u, rows[u], 1) != protocol.candidates[u] for u in protocol.users)
+    # the histories are those the data build used for its own next-item / candidate test examples
+    checked = 0
+    for row in load_from_disk(str(data_dir / "phase2" / "test")):
+        if row["task"] in ("next_item_title", "candidate_selection") and row["user_ids"]:
+            u = row["user_ids"][0]
+            assert row["item_ids"][: len(protocol.history(u))] == protocol.history(u)
+            assert protocol.targets[u] == row["target_item_id"]
+            checked += 1
+    assert checked
+    train_seq = load_from_disk(str(data_dir / "interactions" / "train")).to_pandas().groupby("user_id")["item_id"].agg(list)
+    validation = load_from_disk(str(data_dir / "interactions" / "validation")).to_pandas().set_index("user_id")["item_id"]
+    u = protocol.users[0]
+    assert protocol.histories[u] == train_seq[u] + [validation[u]]  # test history = train + validation
+    assert load_protocol(data_dir, split="validation").histories[u] == train_seq[u]
+
+
+def test_external_candidates_file_round_trip(data_dir, protocol, tmp_path):
+    rows = json.loads((data_dir / "candidates" / "test.json").read_text())
+    external = {u: [rows[u][0], *rows[u][1:][::-1]] for u in reversed(list(rows))}  # same sets, other orders
+    path = tmp_path / "cands.json"
+    path.write_text(json.dumps(external))
+    again = load_protocol(data_dir, candidates_file=path, users=3)
+    assert again.candidates_file == str(path) and again.users == protocol.users[:3]
+    assert all(again.candidates[u] == protocol.candidates[u] and again.targets[u] == protocol.targets[u] for u in again.users)
+    bad = {
+        "not json": "{nope",
+        "empty": "{}",
+        "too short": json.dumps({"u1": ["1"]}),
+        "duplicate": json.dumps({"u1": ["1", "1", "2"]}),
+        "unknown item": json.dumps({"u1": ["1", "999"]}),
+        "unknown user": json.dumps({"nobody": ["1", "2"]}),
+    }
+    messages = {"not json": "not valid JSON", "empty": "non-empty", "too short": ">= 2", "duplicate": "duplicate",
+                "unknown item": "not in the catalog", "unknown user": "unknown user"}
+    for name, text in bad.items():
+        path.write_text(text)
+        with pytest.raises(DataValidationError, match=messages[name]) as err:
+            load_protocol(data_dir, candidates_file=path)
+        assert str(path) in str(err.value)
+
+
+# --------------------------------------------------------------------------------------------- prompts
+
+
+def test_text_baseline_prompt_has_titles_in_place_of_placeholders(protocol, ilm):
+    u = protocol.users[0]
+    prompt = recommendation_prompt(protocol, u, CANDIDATE_TEMPLATE, with_candidates=True)
+    assert prompt.user_ids == [u] and prompt.item_ids == protocol.history(u) + protocol.candidates[u]
+    text = as_text(prompt, protocol.titles)
+    content = text.messages[0]["content"]
+    assert ITEM_PLACEHOLDER not in content and USER_PLACEHOLDER not in content and text.item_ids == []
+    history = ", ".join(protocol.titles[i] for i in protocol.history(u))
+    candidates = ", ".join(protocol.titles[i] for i in protocol.candidates[u])
+    # candidate_selection/0, the same wording as the ILM's prompt
+    assert content == f"User {u} has interacted with {history}. Which of these movies will they choose next? {candidates}"
+    model, processor = ilm
+    tokenizer = processor.tokenizer
+    before = len(tokenizer)
+    chat = ChatModel(model.language_model, text_processor(tokenizer, protocol.catalog), as_text=True)
+    assert len(tokenizer) == before  # the caller's tokenizer is left alone
+    inputs = chat.encode([prompt])
+    assert set(inputs) == {"input_ids", "attention_mask"}
+    rendered = tokenizer.apply_chat_template(text.messages, tokenize=False, add_generation_prompt=True)
+    assert inputs["input_ids"][0].tolist() == tokenizer(rendered, add_special_tokens=False)["input_ids"]
+
+
+# --------------------------------------------------------------------------------------------- likelihood ranking
+
+
+def full_forward_loglik(model, processor, prompt, answer):
+    """Reference: log-likelihood of the answer from one forward of prompt + answer, via the processor's labels."""
+    chat = prompt.messages + [{"role": "assistant", "content": answer}]
+    batch = processor(messages=[chat], item_ids=[prompt.item_ids], user_ids=[prompt.user_ids], return_labels=True,
+                      add_generation_prompt=False, padding_side="right")
+    labels = batch.pop("labels")[0, 1:]
+    with torch.no_grad():
+        logp = model(**batch).logits[0, :-1].log_softmax(-1)
+    keep = labels != -100
+    return logp[keep].gather(-1, labels[keep, None]).sum().item()
+
+
+def test_cached_likelihood_equals_full_forward_and_ignores_order(ilm, protocol):
+    model, processor = ilm
+    chat = ChatModel(model, processor, answer_chunk=3)  # several chunks of the KV cache
+    u = protocol.users[1]
+    prompt = recommendation_prompt(protocol, u, CANDIDATE_TEMPLATE, with_candidates=True)
+    titles = [protocol.titles[c] for c in protocol.candidates[u]]
+    scores = chat.score(prompt, titles)
+    reference = [full_forward_loglik(model, processor, prompt, t) for t in titles]
+    np.testing.assert_allclose(scores, reference, rtol=1e-4, atol=1e-4)
+    assert len(set(np.round(scores, 4))) == len(titles)  # distinct titles, distinct scores
+    perm = np.random.default_rng(0).permutation(len(titles))
+    np.testing.assert_allclose(chat.score(prompt, [titles[i] for i in perm]), scores[perm], rtol=1e-5, atol=1e-5)
+    mean = ChatModel(model, processor, reduce="mean").score(prompt, titles)
+    np.testing.assert_allclose(mean, scores / [len(chat.answer_ids(t)) for t in titles], rtol=1e-5)
+
+
+def test_ranking_invariant_to_candidate_file_order(ilm, data_dir, protocol, tmp_path):
+    model, processor = ilm
+    chat = ChatModel(model, processor)
+    rows = json.loads((data_dir / "candidates" / "test.json").read_text())
+    path = tmp_path / "shuffled.json"
+    path.write_text(json.dumps({u: [c[0], *np.random.default_rng(1).permutation(c[1:]).tolist()] for u, c in rows.items()}))
+    other = load_protocol(data_dir, candidates_file=path)
+    first = ranking_section(likelihood_scorer(chat, protocol), protocol, n_boot=100)
+    second = ranking_section(likelihood_scorer(chat, other), other, n_boot=100)
+    assert first == second
+
+
+def test_rigged_scorers(protocol):
+    best = ranking_section(lambda u, cands: [float(c == protocol.targets[u]) for c in cands], protocol, n_boot=100)
+    assert best["hr@1"] == {"value": 1.0, "ci95": [1.0, 1.0]} and best["ndcg@5"]["value"] == 1.0
+    tied = ranking_section(lambda u, cands: [0.0] * len(cands), protocol, n_boot=100)
+    assert tied["hr@1"]["value"] == 0.0  # ties count against the true item, wherever it is shown
+    # true item ranked exactly second for everyone: HR@1 0, NDCG@5 1/log2(3)
+    def second(u, cands):
+        decoy = next(c for c in cands if c != protocol.targets[u])
+        return [2.0 if c == decoy else 1.0 if c == protocol.targets[u] else 0.0 for c in cands]
+
+    ranked = ranking_section(second, protocol, n_boot=100)
+    assert ranked["hr@1"]["value"] == 0.0 and ranked["ndcg@5"]["value"] == pytest.approx(1 / math.log2(3))
+
+
+class ScriptedChatModel:
+    """Answers by the user's position: the target's title (in other case), a wrong candidate, or nonsense."""
+
+    SCRIPT = ["target", "wrong", "nonsense", "nonsense", "wrong", "nonsense"]
+
+    def __init__(self, processor, protocol):
+        self.processor, self.protocol = processor, protocol
+
+    def generate(self, prompts, desc=""):
+        answers = []
+        for prompt in prompts:
+            u = prompt.user_ids[0]
+            kind = self.SCRIPT[self.protocol.users.index(u)]
+            wrong = next(c for c in self.protocol.candidates[u] if c != self.protocol.targets[u])
+            answers.append({"target": self.protocol.titles[self.protocol.targets[u]].upper() + "!",
+                            "wrong": self.protocol.titles[wrong], "nonsense": "no idea"}[kind])
+        return answers
+
+    def match_item(self, text, candidates=None):
+        return self.processor.match_item(text, candidates=candidates) or ""
+
+
+def test_generation_metrics_from_answers(ilm, protocol):
+    _, processor = ilm
+    out = generation_section(ScriptedChatModel(processor, protocol), protocol, n_boot=100)
+    assert out["valid_ratio"]["value"] == pytest.approx(3 / 6)
+    assert out["hr@1"]["value"] == pytest.approx(1 / 6)
+    assert out["hr@1_valid"]["value"] == pytest.approx(1 / 3)
+
+
+def test_baseline_scorers(data_dir, protocol):
+    train = load_from_disk(str(data_dir / "interactions" / "train"))["item_id"]
+    u = protocol.users[0]
+    assert popularity_scorer(data_dir)(u, ["1", "2"]) == [train.count("1"), train.count("2")]
+    cf = load_file(str(data_dir / "cf" / "embeddings.safetensors"))
+    ids = json.loads((data_dir / "cf" / "id_maps.json").read_text())
+    expected = cf["item_embeddings"][ids["item_ids"].index("3")] @ cf["user_embeddings"][ids["user_ids"].index(u)]
+    assert als_scorer(data_dir)(u, ["3"])[0] == pytest.approx(float(expected), rel=1e-5)
+    # the ALS ranking agrees with the data build's own ALS check on the same candidates
+    als_eval = json.loads((data_dir / "cf" / "als_eval.json").read_text())["test"]
+    assert ranking_section(als_scorer(data_dir), protocol, n_boot=0)["hr@1"]["value"] == pytest.approx(als_eval["hr@1"], abs=1e-4)
+
+
+def test_preservation_detects_a_changed_llm(ilm, tiny_components):
+    model, processor = ilm
+    base = AutoModelForCausalLM.from_pretrained(tiny_components["llm"]).eval()
+    assert max_logit_difference(model, processor, base) == 0.0
+    with torch.no_grad():
+        base.lm_head.weight[5] += 0.1
+    assert max_logit_difference(model, processor, base) > 0
+
+
+# --------------------------------------------------------------------------------------------- end to end
+
+
+SCHEMA = {
+    "ranking": {"hr@1", "ndcg@5"},
+    "generation": {"valid_ratio", "hr@1", "hr@1_valid"},
+    "full_catalog": {"exact_title_hit", "hr@10", "ndcg@10"},
+}
+ALIGNMENT_KEYS = {"title_exact_match", "genre_f1", "year_accuracy", "semantic_consistency"}
+
+
+def check_metric(value):
+    assert set(value) == {"value", "ci95"} and 0.0 <= value["value"] <= 1.0
+    assert value["ci95"][0] <= value["value"] <= value["ci95"][1]
+
+
+def test_evaluate_model_and_baselines_write_one_report(ilm, data_dir, sentence_model, tiny_components, tmp_path):
+    model, processor = ilm
+    common = dict(users=4, bootstrap=100, max_new_tokens=4, batch_size=3)
+    results = evaluate_model(model, processor, data_dir, name="tiny-ilm", full_catalog=True, alignment_rows_per_task=3,
+                             sentence_model=sentence_model, **common)
+    protocol = results["protocol"]
+    assert protocol == {"name": f"{NUM_CANDIDATES}-candidate", "num_candidates": NUM_CANDIDATES, "split": "test", "users": 4,
+                        "candidates_file": str(data_dir / "candidates" / "test.json"), "history_len": 10, "bootstrap": 100, "seed": 0}
+    got = results["models"]["tiny-ilm"]
+    assert set(got) == {*SCHEMA, "alignment", "preservation", "timing_s"}
+    for section, keys in SCHEMA.items():
+        assert set(got[section]) == keys
+        for key in keys - {"hr@1_valid"}:  # undefined when no answer is valid
+            check_metric(got[section][key])
+    assert set(got["alignment"]) == {"seen", "unseen"}
+    for kind in ("seen", "unseen"):
+        assert set(got["alignment"][kind]) == ALIGNMENT_KEYS
+        assert -1 <= got["alignment"][kind]["semantic_consistency"]["value"] <= 1
+    assert got["preservation"] == {"max_abs_logit_diff": 0.0} and got["timing_s"] > 0
+
+    llm = AutoModelForCausalLM.from_pretrained(tiny_components["llm"]).eval()
+    baselines = evaluate_baselines(data_dir, llm=llm, tokenizer=processor.tokenizer, **common)
+    assert baselines["protocol"] == protocol
+    assert set(baselines["models"]["pop"]) == set(baselines["models"]["als"]) == {"ranking", "timing_s"}
+    assert set(baselines["models"]["text"]) == {"ranking", "generation", "full_catalog", "timing_s"}
+    assert set(baselines["models"]["text"]["full_catalog"]) == {"exact_title_hit"}  # no --full-catalog here
+
+    merged = merge_results([results, baselines])
+    assert list(merged["models"]) == ["tiny-ilm", "pop", "als", "text"]
+    json_path, md_path = write_report(merged, tmp_path / "report")
+    assert json.loads(json_path.read_text()) == merged
+    markdown = md_path.read_text()
+    value = got["ranking"]["hr@1"]
+    assert f"| tiny-ilm | {value['value']:.3f} [{value['ci95'][0]:.3f}, {value['ci95'][1]:.3f}]" in markdown
+    assert "| pop |" in markdown and "| text |" in markdown and "4 users" in markdown
+    with pytest.raises(ValueError, match="appears twice"):
+        merge_results([results, results])
+    other = json.loads(json.dumps(baselines))
+    other["protocol"]["seed"] = 1
+    with pytest.raises(ValueError, match="different protocols"):
+        merge_results([results, other])
+
+
+def test_cli_end_to_end_and_merge(ilm, data_dir, sentence_model, tmp_path, capsys):
+    model, processor = ilm
+    model.save_pretrained(tmp_path / "tiny-ilm")
+    processor.save_pretrained(tmp_path / "tiny-ilm")
+    common = ["--data", str(data_dir), "--users", "3", "--bootstrap", "50", "--max-new-tokens", "3"]
+    cli_main(["--model", str(tmp_path / "tiny-ilm"), *common, "--baselines", "pop,als", "--sections", "ranking,preservation",
+              "--out", str(tmp_path / "a")])
+    cli_main([*common, "--baselines", "text", "--sections", "ranking", "--out", str(tmp_path / "b"), "--llm", str(model.config.text_model_name_or_path)])
+    a = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert list(a["models"]) == ["tiny-ilm", "pop", "als"] and a["protocol"]["users"] == 3
+    assert a["models"]["tiny-ilm"]["preservation"]["max_abs_logit_diff"] == 0.0
+    cli_main(["--merge", str(tmp_path / "a" / "results.json"), str(tmp_path / "b" / "results.json"), "--out", str(tmp_path / "m")])
+    merged = json.loads((tmp_path / "m" / "results.json").read_text())
+    assert list(merged["models"]) == ["tiny-ilm", "pop", "als", "text"]
+    assert "| text |" in capsys.readouterr().out
+    assert to_markdown(merged) == (tmp_path / "m" / "results.md").read_text()
+
+
+# --------------------------------------------------------------------------------------------- real defaults
+
+
+@pytest.mark.slow
+def test_real_defaults_untrained_ilm(tmp_path):
+    """ml-100k + SmolLM2/MiniLM: histories match the build, ALS matches its own check, an untrained ILM runs."""
+    from training import assets
+
+    data = tmp_path / "data"
+    build_dataset(data)
+    protocol = load_protocol(data, users=3)
+    rows = load_from_disk(str(data / "phase2" / "test"))
+    for row in rows.filter(lambda r: r["task"] == "candidate_selection" and r["user_ids"] and r["user_ids"][0] in protocol.users):
+        u = row["user_ids"][0]
+        assert row["item_ids"][: len(protocol.history(u))] == protocol.history(u)
+        assert sorted(row["item_ids"][-NUM_CANDIDATES * 4 :]) == sorted(protocol.candidates[u])  # 20 candidates
+    full = load_protocol(data)
+    als = ranking_section(als_scorer(data), full, n_boot=0)["hr@1"]["value"]
+    assert als == pytest.approx(json.loads((data / "cf" / "als_eval.json").read_text())["test"]["hr@1"], abs=1e-4)
+
+    catalog = json.loads((data / "catalog.json").read_text())
+    cf = load_file(str(data / "cf" / "embeddings.safetensors"))
+    llm_path = assets.default_llm_path()
+    processor = ILMProcessor.from_components(llm_path, catalog=catalog, num_query_tokens=4)
+    model = ILMForConditionalGeneration.from_components(
+        llm_path, assets.default_qformer_path(), item_token_id=processor.item_token_id, user_token_id=processor.user_token_id,
+        num_query_tokens=4, item_embeddings=torch.from_numpy(cf["item_embeddings"]), user_embeddings=torch.from_numpy(cf["user_embeddings"]),
+    ).eval()
+    results = evaluate_model(model, processor, data, protocol=protocol, sections=("ranking", "preservation"), bootstrap=100)
+    got = results["models"]["ilm"]
+    assert got["preservation"]["max_abs_logit_diff"] == 0.0
+    check_metric(got["ranking"]["hr@1"])
+    assert results["protocol"]["num_candidates"] == 20 and results["protocol"]["users"] == 3
