@@ -113,8 +113,10 @@ def evaluate_stage(settings, model_dir, data_dir, eval_dir, name):
     processor = ILMProcessor.from_pretrained(model_dir)
     common = dict(users=settings.get("users"), bootstrap=settings.get("bootstrap", 1000))
     ours = evaluate_model(model, processor, data_dir, name=name, alignment_rows=settings.get("alignment_rows"), **common)
-    baselines = evaluate_baselines(data_dir, baselines=settings.get("baselines", ["pop", "als", "text"]), llm=model.language_model, tokenizer=processor.tokenizer, **common)
-    results = merge_results([baselines, ours])
+    parts = [ours]
+    if settings.get("baselines"):
+        parts.insert(0, evaluate_baselines(data_dir, baselines=settings["baselines"], llm=model.language_model, tokenizer=processor.tokenizer, **common))
+    results = merge_results(parts)
     write_report(results, eval_dir)
     return results
 
