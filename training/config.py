@@ -44,3 +44,16 @@ def load_config(cls, path=None, overrides=(), section=None):
 def save_config(config, path):
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
+
+
+def config_from_cli(cls, section, description, argv=None):
+    """`--config FILE` (a config, or a preset whose `section` is used) and `--set key=value` overrides."""
+    import argparse
+    import logging
+
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help=f"YAML/JSON file of {cls.__name__} fields, or a preset (its {section}: section)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return load_config(cls, args.config, args.set, section=section)

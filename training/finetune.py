@@ -9,7 +9,6 @@ writes `output_dir/model`: a standalone folder (model + processor + catalog) tha
 `AutoModel.from_pretrained(..., trust_remote_code=True)` loads.
 """
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -24,7 +23,7 @@ from transformers import set_seed
 
 from modeling_ilm import ILMForConditionalGeneration, ILMProcessor
 from training import assets
-from training.config import load_config, save_config
+from training.config import config_from_cli, save_config
 from training.plots import plot_training_curves
 from training.trainer import ComponentLossTrainer, last_checkpoint, training_arguments
 
@@ -205,12 +204,7 @@ def finetune(config: FinetuneConfig) -> dict:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML/JSON file of FinetuneConfig fields, or a preset (its finetune: section)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    summary = finetune(load_config(FinetuneConfig, args.config, args.set, section="finetune"))
+    summary = finetune(config_from_cli(FinetuneConfig, "finetune", __doc__, argv))
     print(f"\nPhase 2 {summary['name']}: {summary['steps']} steps in {summary['time_s']}s, final train loss {summary['final_train_loss']:.4f}")
 
 

@@ -7,7 +7,6 @@ checkpoint that `ILMForConditionalGeneration.from_pretrained` loads for phase 2)
 and `training_curves.png`.
 """
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -22,7 +21,7 @@ from transformers import AutoTokenizer, set_seed
 
 from modeling_ilm import ILMForItemTextPretraining
 from training import assets
-from training.config import load_config, save_config
+from training.config import config_from_cli, save_config
 from training.plots import plot_training_curves
 from training.retrieval import encoder_item_vectors, item_to_item_recall, item_to_text_recall
 from training.trainer import ComponentLossTrainer, last_checkpoint, training_arguments
@@ -233,12 +232,7 @@ def pretrain(config: PretrainConfig) -> dict:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML/JSON file of PretrainConfig fields, or a preset (its pretrain: section)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    summary = pretrain(load_config(PretrainConfig, args.config, args.set, section="pretrain"))
+    summary = pretrain(config_from_cli(PretrainConfig, "pretrain", __doc__, argv))
     metrics = summary["metrics"]
     print(f"\nPhase 1 ILM-{summary['variant']}: {summary['steps']} steps in {summary['time_s']}s")
     print("| metric | value |\n|---|---|")

@@ -1,0 +1,146 @@
+"""ChatModel: what the harness asks of a model. Score answers by likelihood, generate greedily, map
+answers to items. One class serves the ILM (placeholders become precomputed item/user tokens) and
+the text-only baseline (its frozen LLM reading titles instead)."""
+
+import copy
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers import GenerationConfig
+
+from .prompts import as_text
+
+
+class ChatModel:
+    """
+    Args:
+        model: an `ILMForConditionalGeneration`, or (with `as_text=True`) any causal LM.
+        processor: the model's `ILMProcessor` (for a plain LLM: `prompts.text_processor`).
+        as_text: render items as titles and users as ids instead of placeholders.
+        batch_size: prompts per generation batch.
+        max_new_tokens: generation budget.
+        reduce: "sum" (total log-likelihood of the answer) or "mean" (per answer token).
+        answer_chunk: answers scored per forward pass. Answers are sorted by length first, so
+            smaller chunks waste less padding; 16 splits 20 candidates into two similar-length groups.
+    """
+
+    def __init__(self, model, processor, as_text=False, batch_size=16, max_new_tokens=24, reduce="sum", answer_chunk=16):
+        if reduce not in ("sum", "mean"):
+            raise ValueError(f"reduce={reduce!r}; use 'sum' or 'mean'.")
+        self.model, self.processor, self.as_text = model.eval(), processor, as_text
+        self.batch_size, self.max_new_tokens, self.reduce, self.answer_chunk = batch_size, max_new_tokens, reduce, answer_chunk
+        self.titles = {item["item_id"]: item["title"] for item in processor.catalog["items"]}
+        self.entity_tokens = {} if as_text else self._catalog_tokens()
+        self._answer_ids = {}  # answer text -> token ids
+        tokenizer = processor.tokenizer
+        eos = model.generation_config.eos_token_id
+        self.generation_config = GenerationConfig(
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=eos if eos is not None else tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+
+    @property
+    def device(self):
+        return self.model.device
+
+    @torch.no_grad()
+    def _catalog_tokens(self, chunk=256):
+        """Item/user tokens of the whole catalog, computed once: later forwards cost what the bare LLM costs."""
+        tokens = {}
+        for kind, count, encode in (
+            ("item", self.model.config.num_items, self.model.get_item_tokens),
+            ("user", self.model.config.num_users, self.model.get_user_tokens),
+        ):
+            ids = torch.arange(count, device=self.device)
+            if count:
+                tokens[kind] = torch.cat([encode(ids[i : i + chunk]) for i in range(0, count, chunk)])
+        return tokens
+
+    def encode(self, prompts) -> dict:
+        """Left-padded model inputs for a batch of `Prompt`s, ending with the generation prompt."""
+        if self.as_text:
+            prompts = [as_text(p, self.titles) for p in prompts]
+        batch = self.processor(
+            messages=[p.messages for p in prompts],
+            item_ids=[p.item_ids for p in prompts],
+            user_ids=[p.user_ids for p in prompts],
+            add_generation_prompt=True,
+        )
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        for kind in ("item", "user"):
+            if f"{kind}_ids" in batch:  # -1 pads rows with fewer entities; the model skips those slots
+                inputs[f"{kind}_tokens"] = self.entity_tokens[kind][batch[f"{kind}_ids"].clamp(min=0).to(self.device)]
+        return {k: v.to(self.device) for k, v in inputs.items()}
+
+    def answer_ids(self, answer: str) -> list:
+        """Token ids of an assistant answer as the chat template renders it, up to its end-of-turn
+        token (e.g. "Heat (1995)<|im_end|>"), tokenized in context."""
+        if answer not in self._answer_ids:
+            self._answer_ids[answer] = self._tokenize_answer(answer)
+        return self._answer_ids[answer]
+
+    def _tokenize_answer(self, answer: str) -> list:
+        tokenizer, template = self.processor.tokenizer, self.processor.chat_template
+        chat = [{"role": "user", "content": "?"}]
+        prompt = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True, chat_template=template)
+        full = tokenizer.apply_chat_template(chat + [{"role": "assistant", "content": answer}], tokenize=False, chat_template=template)
+        if not full.startswith(prompt):
+            raise ValueError("The chat template does not render the generation prompt as a prefix of the answered chat.")
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        full_ids = tokenizer(full.rstrip(), add_special_tokens=False)["input_ids"]
+        if full_ids[: len(prompt_ids)] != prompt_ids:  # a token merged across the boundary: tokenize the answer alone
+            return tokenizer(full[len(prompt) :].rstrip(), add_special_tokens=False)["input_ids"]
+        return full_ids[len(prompt_ids) :]
+
+    @torch.no_grad()
+    def score(self, prompt, answers) -> np.ndarray:
+        """Log-likelihood of each answer text given one prompt.
+
+        The prompt runs once; its KV cache is repeated for a chunk of answers, which are
+        right-padded (padding comes after an answer, so causal attention keeps it out of the score).
+        The answers do not see each other, so the scores do not depend on their order.
+        """
+        inputs = self.encode([prompt])
+        out = self.model(**inputs, use_cache=True, logits_to_keep=1)
+        first = out.logits[0, -1].float().log_softmax(-1)  # predicts every answer's first token
+        ids = [self.answer_ids(a) for a in answers]
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths share a chunk: less padding
+        scores = np.zeros(len(ids))
+        for start in range(0, len(order), self.answer_chunk):
+            chunk = order[start : start + self.answer_chunk]
+            scores[chunk] = self._score_chunk(out.cache, first, [ids[i] for i in chunk], inputs["input_ids"].shape[1])
+        return scores
+
+    def _score_chunk(self, prompt_cache, first, ids, prompt_len):
+        lengths = torch.tensor([len(a) for a in ids], device=self.device)
+        width = int(lengths.max())
+        padded = torch.tensor([a + [a[-1]] * (width - len(a)) for a in ids], device=self.device)
+        token_logp = first[padded[:, :1]]
+        if width > 1:
+            cache = copy.deepcopy(prompt_cache)
+            cache.batch_repeat_interleave(len(ids))
+            mask = torch.ones(len(ids), prompt_len + width - 1, dtype=torch.long, device=self.device)
+            logits = self.model(input_ids=padded[:, :-1], attention_mask=mask, cache=cache).logits.float()
+            rest = logits.gather(-1, padded[:, 1:, None])[..., 0] - logits.logsumexp(-1)
+            token_logp = torch.cat([token_logp, rest], 1)
+        keep = torch.arange(width, device=self.device)[None, :] < lengths[:, None]
+        total = torch.where(keep, token_logp, 0.0).sum(1)
+        return (total / lengths if self.reduce == "mean" else total).cpu().numpy()
+
+    @torch.no_grad()
+    def generate(self, prompts, desc="generate") -> list:
+        """Greedy answers (decoded, stripped) for a list of `Prompt`s, in batches."""
+        answers = []
+        for start in tqdm(range(0, len(prompts), self.batch_size), desc=desc, leave=False):
+            inputs = self.encode(prompts[start : start + self.batch_size])
+            out = self.model.generate(**inputs, generation_config=self.generation_config)
+            new = out[:, inputs["input_ids"].shape[1] :]
+            answers += [text.strip() for text in self.processor.batch_decode(new, skip_special_tokens=True)]
+        return answers
+
+    def match_item(self, text, candidates=None):
+        """The item id an answer names (among `candidates` when given), or ""."""
+        return self.processor.match_item(text, candidates=candidates) or ""

@@ -1,0 +1,63 @@
+"""Evaluation prompts: the phase-2 templates (training/data/templates.py) rendered without their
+answer, for the ILM (item/user placeholders) or for text-only prompting (titles and user ids in
+place of the placeholders, same template and wording)."""
+
+import copy
+import re
+from dataclasses import dataclass
+
+from modeling_ilm import ILMProcessor
+from training.data.templates import ITEM_PLACEHOLDER, USER_PLACEHOLDER, get_template, items, render, user
+
+CANDIDATE_TEMPLATE = "candidate_selection/0"  # seen in training; has {user}, {history}, {candidates}
+NEXT_ITEM_TEMPLATE = "next_item_title/0"  # seen in training; has {user}, {history}
+PLACEHOLDER = re.compile(f"{re.escape(ITEM_PLACEHOLDER)}|{re.escape(USER_PLACEHOLDER)}")
+
+
+@dataclass
+class Prompt:
+    messages: list  # the chat up to (not including) the answer
+    item_ids: list  # the id behind each <item>, in order of appearance
+    user_ids: list
+
+
+def render_prompt(template_id: str, **facts) -> Prompt:
+    """A template's turns before its answer, filled with `facts` (Refs for items and users)."""
+    messages, item_ids, user_ids = render(get_template(template_id)[:-1], facts)
+    return Prompt(messages, item_ids, user_ids)
+
+
+def recommendation_prompt(protocol, user_id: str, template_id: str, with_candidates: bool) -> Prompt:
+    facts = {"user": user(user_id), "history": items(*protocol.history(user_id)), "noun": protocol.noun}
+    if with_candidates:
+        facts["candidates"] = items(*protocol.candidates[user_id])
+    return render_prompt(template_id, **facts)
+
+
+def phase2_prompt(row: dict) -> Prompt:
+    """A phase-2 dataset row without its last (answer) turn."""
+    return Prompt(row["messages"][:-1], list(row["item_ids"]), list(row["user_ids"]))
+
+
+def as_text(prompt: Prompt, titles: dict) -> Prompt:
+    """Titles in place of <item> and user ids in place of <user>: the text-only baseline's prompt."""
+    queues = {ITEM_PLACEHOLDER: iter(prompt.item_ids), USER_PLACEHOLDER: iter(prompt.user_ids)}
+
+    def fill(match):
+        entity = next(queues[match.group()])
+        return titles[entity] if match.group() == ITEM_PLACEHOLDER else entity
+
+    messages = [{**m, "content": PLACEHOLDER.sub(fill, m["content"])} for m in prompt.messages]
+    return Prompt(messages, [], [])
+
+
+def text_processor(tokenizer, catalog: dict) -> ILMProcessor:
+    """An ILMProcessor around a plain LLM's tokenizer, for text-only prompts (chat template, padding,
+    title matching). The placeholders are added to a copy; text prompts never contain them."""
+    tokenizer = copy.deepcopy(tokenizer)
+    missing = [t for t in (ITEM_PLACEHOLDER, USER_PLACEHOLDER) if tokenizer.convert_tokens_to_ids(t) in (None, tokenizer.unk_token_id)]
+    if missing:
+        tokenizer.add_special_tokens({"additional_special_tokens": missing})
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return ILMProcessor(tokenizer, catalog=catalog, num_query_tokens=1)

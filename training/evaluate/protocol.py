@@ -1,0 +1,118 @@
+"""The 20-candidate protocol: which users, their candidates (in display order), targets and histories.
+
+- Users: every user of the candidates file, or the first N in natural sorted order
+  ("2" < "10"; non-numeric ids after numeric ones, alphabetically).
+- Candidates: the file's row, true item first. The display order is a seeded shuffle of the SORTED
+  row, so position carries no signal and the order inside the file changes nothing.
+- History: the user's interactions before the evaluated split (validation: train; test: train +
+  validation), in time order; prompts show the last `history_len`. For an external candidates
+  file the first id of a row is taken as the held-out item of that split.
+"""
+
+import json
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from datasets import load_from_disk
+
+from training.data import load_candidates
+
+HISTORY_SPLITS = {"validation": ("train",), "test": ("train", "validation")}
+
+
+def natural_key(user_id: str):
+    return (0, int(user_id), "") if user_id.isdigit() else (1, 0, user_id)
+
+
+def select_users(user_ids, n=None) -> list:
+    ordered = sorted(user_ids, key=natural_key)
+    return ordered if n is None else ordered[:n]
+
+
+def display_order(user_id: str, candidates, seed: int) -> list:
+    """Seeded shuffle of the sorted candidates: depends on (seed, user, candidate SET) only."""
+    rng = np.random.default_rng([seed, zlib.crc32(user_id.encode())])  # str hash() is salted per process
+    ordered = sorted(candidates)
+    return [ordered[i] for i in rng.permutation(len(ordered))]
+
+
+def load_catalog(data_dir) -> dict:
+    return json.loads((Path(data_dir) / "catalog.json").read_text())
+
+
+def user_histories(data_dir, split: str) -> dict:
+    """{user_id: [item ids before `split`, oldest first]}."""
+    if split not in HISTORY_SPLITS:
+        raise ValueError(f"split={split!r}; evaluate on one of {sorted(HISTORY_SPLITS)}.")
+    interactions = load_from_disk(str(Path(data_dir) / "interactions"))
+    # each split is sorted by user then time, and validation comes after train for every user
+    frames = [interactions[name].to_pandas() for name in HISTORY_SPLITS[split]]
+    return pd.concat(frames).groupby("user_id", sort=False)["item_id"].agg(list).to_dict()
+
+
+@dataclass
+class Protocol:
+    split: str
+    candidates_file: str
+    users: list  # evaluated users, in order
+    candidates: dict  # user -> candidate ids in display order
+    targets: dict  # user -> true item id
+    histories: dict  # user -> every item before the target, oldest first
+    catalog: dict
+    history_len: int = 10
+    seed: int = 0
+    noun: str = "movie"
+    titles: dict = field(init=False)  # item id -> title
+
+    def __post_init__(self):
+        self.titles = {item["item_id"]: item["title"] for item in self.catalog["items"]}
+
+    def history(self, user_id) -> list:
+        return self.histories.get(user_id, [])[-self.history_len :] if self.history_len else []
+
+    @property
+    def num_candidates(self) -> int:
+        return max(len(c) for c in self.candidates.values())
+
+    def describe(self, bootstrap: int) -> dict:
+        """The "protocol" block of results.json."""
+        return {
+            "name": f"{self.num_candidates}-candidate",
+            "num_candidates": self.num_candidates,
+            "split": self.split,
+            "users": len(self.users),
+            "candidates_file": self.candidates_file,
+            "history_len": self.history_len,
+            "bootstrap": bootstrap,
+            "seed": self.seed,
+        }
+
+
+def load_protocol(data_dir, split="test", candidates_file=None, users=None, seed=0, history_len=10) -> Protocol:
+    data_dir = Path(data_dir)
+    catalog = load_catalog(data_dir)
+    candidates_file = str(candidates_file or data_dir / "candidates" / f"{split}.json")
+    rows = load_candidates(
+        candidates_file,
+        item_ids=[item["item_id"] for item in catalog["items"]],
+        user_ids=[u["user_id"] for u in catalog["users"]],
+    )
+    chosen = select_users(rows, users)
+    histories = user_histories(data_dir, split)
+    stats = data_dir / "stats.json"
+    noun = json.loads(stats.read_text()).get("config", {}).get("item_noun", "item") if stats.exists() else "item"
+    return Protocol(
+        split=split,
+        candidates_file=candidates_file,
+        users=chosen,
+        candidates={u: display_order(u, rows[u], seed) for u in chosen},
+        targets={u: rows[u][0] for u in chosen},
+        histories={u: histories.get(u, []) for u in chosen},
+        catalog=catalog,
+        history_len=history_len,
+        seed=seed,
+        noun=noun,
+    )

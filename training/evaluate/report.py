@@ -1,0 +1,127 @@
+"""results.json / results.md, and merging the results of separate runs into one table.
+
+results.json:
+{"protocol": {"name": "20-candidate", "num_candidates": 20, "split": "test", "users": N,
+              "candidates_file": "...", "history_len": 10, "bootstrap": 1000, "seed": 0},
+ "models": {"<name>": {"ranking": {"hr@1": {"value": v, "ci95": [lo, hi]}, "ndcg@5": ...},
+                       "generation": {"valid_ratio", "hr@1", "hr@1_valid"},
+                       "full_catalog": {"exact_title_hit", "hr@10", "ndcg@10"},
+                       "alignment": {"seen": {"title_exact_match", "genre_f1", "year_accuracy",
+                                              "semantic_consistency"}, "unseen": {...}},
+                       "preservation": {"max_abs_logit_diff": float},
+                       "timing_s": float}}}
+Sections that do not apply to a model are absent (popularity has only "ranking"); ci95 is null
+when --bootstrap 0.
+"""
+
+import json
+from pathlib import Path
+
+ALIGNMENT = {"title_exact_match": "title EM", "genre_f1": "genre F1", "year_accuracy": "year acc.", "semantic_consistency": "semantic"}
+TABLES = {
+    "Recommendation": [
+        ("HR@1 (ranking)", ("ranking", "hr@1")),
+        ("NDCG@5 (ranking)", ("ranking", "ndcg@5")),
+        ("valid ratio (generation)", ("generation", "valid_ratio")),
+        ("HR@1 (generation)", ("generation", "hr@1")),
+        ("HR@1 of valid (generation)", ("generation", "hr@1_valid")),
+        ("exact title hit (full catalog)", ("full_catalog", "exact_title_hit")),
+        ("HR@10 (full catalog)", ("full_catalog", "hr@10")),
+        ("NDCG@10 (full catalog)", ("full_catalog", "ndcg@10")),
+    ],
+    "Language alignment (held-out items)": [
+        (f"{label} ({kind})", ("alignment", kind, key)) for kind in ("seen", "unseen") for key, label in ALIGNMENT.items()
+    ],
+    "Preservation and cost": [
+        ("max abs logit diff vs base LLM", ("preservation", "max_abs_logit_diff")),
+        ("time (s)", ("timing_s",)),
+    ],
+}
+
+
+def load_results(path) -> dict:
+    results = json.loads(Path(path).read_text())
+    if not isinstance(results, dict) or not {"protocol", "models"} <= set(results):
+        raise ValueError(f"{path}: not a results.json (needs 'protocol' and 'models').")
+    return results
+
+
+def merge_results(results) -> dict:
+    """One results dict from several (dicts or results.json paths) on the same protocol."""
+    results = [load_results(r) if isinstance(r, (str, Path)) else r for r in results]
+    if not results:
+        raise ValueError("Nothing to merge.")
+    merged = {"protocol": results[0]["protocol"], "models": {}}
+    for r in results[1:]:
+        differ = {k for k in merged["protocol"].keys() | r["protocol"].keys() if merged["protocol"].get(k) != r["protocol"].get(k)}
+        if differ:
+            raise ValueError(f"Results were computed on different protocols (differ in {sorted(differ)}); they are not comparable.")
+    for r in results:
+        for name, values in r["models"].items():
+            if name in merged["models"]:
+                raise ValueError(f"Model name {name!r} appears twice; rename one (--name).")
+            merged["models"][name] = values
+    return merged
+
+
+def lookup(values, path):
+    for key in path:
+        if not isinstance(values, dict) or key not in values:
+            return None
+        values = values[key]
+    return values
+
+
+def cell(value) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, dict):
+        if value["value"] is None:
+            return "–"
+        ci = value.get("ci95")
+        return f"{value['value']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+    return f"{value:g}"
+
+
+def protocol_note(protocol: dict) -> str:
+    n = protocol["num_candidates"]
+    ci = f"percentile bootstrap over users ({protocol['bootstrap']} resamples, seed {protocol['seed']})" if protocol["bootstrap"] else "none (--bootstrap 0)"
+    return "\n".join([
+        f"**Protocol** ({protocol['name']}): split `{protocol['split']}`, {protocol['users']} users, candidates from "
+        f"`{protocol['candidates_file']}` (the held-out item and {n - 1} items the user never interacted with), shown "
+        f"in a seeded random order; the history is the user's last {protocol['history_len']} earlier interactions.",
+        "",
+        "- *ranking*: LLMs rank the candidates by their log-likelihood of each title as the answer, popularity by "
+        "train interactions, ALS by user·item score "
+        "(ties count against the true item); *generation*: the greedy answer mapped to a candidate title; "
+        "*full catalog*: greedy answer to the next-item prompt, exact (normalised) title match.",
+        "- *alignment*: held-out items, seen and held-out (unseen) templates; semantic = cosine of "
+        "mean-pooled MiniLM embeddings of answer and reference.",
+        f"- Values are means with 95% confidence intervals in brackets: {ci}; alignment resamples items.",
+    ])
+
+
+def to_markdown(results: dict) -> str:
+    models = results["models"]
+    lines = ["# Evaluation results", ""]
+    for title, columns in TABLES.items():
+        columns = [(header, path) for header, path in columns if any(lookup(m, path) is not None for m in models.values())]
+        if not columns:
+            continue
+        lines += [f"## {title}", "", "| model | " + " | ".join(h for h, _ in columns) + " |", "|---" * (len(columns) + 1) + "|"]
+        rows = {name: m for name, m in models.items() if any(lookup(m, path) is not None for _, path in columns)}
+        lines += [f"| {name} | " + " | ".join(cell(lookup(m, path)) for _, path in columns) + " |" for name, m in rows.items()]
+        lines.append("")
+    if not any(lookup(m, ("full_catalog", "hr@10")) for m in models.values()):
+        lines += ["Full-catalog HR@10 / NDCG@10 by likelihood were skipped (enable with --full-catalog; slow on CPU).", ""]
+    return "\n".join(lines + [protocol_note(results["protocol"]), ""])
+
+
+def write_report(results: dict, out_dir) -> tuple:
+    """Writes <out_dir>/results.json and results.md; returns their paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out_dir / "results.json", out_dir / "results.md"
+    json_path.write_text(json.dumps(results, indent=2))
+    md_path.write_text(to_markdown(results))
+    return json_path, md_path
