@@ -510,11 +510,14 @@ class ILMForConditionalGeneration(ILMPreTrainedModel, GenerationMixin):
         from safetensors.torch import load_file
 
         hub = {k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
-        dtype = kwargs.get("dtype", torch.float32)
+        dtype = kwargs.get("dtype")
+        dtype = torch.float32 if dtype in (None, "auto") else getattr(torch, dtype) if isinstance(dtype, str) else dtype
         llm_name = kwargs.get("text_model_name_or_path", config.text_model_name_or_path)
         if not llm_name:
             raise ValueError(f"{path} holds no LLM weights and its config names no `text_model_name_or_path`.")
-        llm = AutoModelForCausalLM.from_pretrained(llm_name, dtype=torch.float32)
+        # where to find the LLM (revision/subfolder address the ILM repository, not the LLM's)
+        llm_hub = {k: hub[k] for k in ("cache_dir", "force_download", "local_files_only", "token") if k in hub}
+        llm = AutoModelForCausalLM.from_pretrained(llm_name, dtype=torch.float32, **llm_hub)
         config.text_model_name_or_path = str(llm_name)
         config.stores_language_model = True
         model = cls(config, language_model=llm)

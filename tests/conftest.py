@@ -57,30 +57,3 @@ def tiny_components(tmp_path_factory):
     BertTokenizerFast(vocab_file=str(root / "bert" / "vocab.txt")).save_pretrained(root / "bert")
     return {"llm": str(root / "llm"), "bert": str(root / "bert")}
 
-
-HIDE_PACKAGE = '''
-import sys
-class _HidePackage:
-    """Stands in for a machine where this package is not installed (editable installs included)."""
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("modeling_ilm", "training", "model_cards"):
-            raise ModuleNotFoundError(f"No module named {name!r} (hidden by the test)")
-sys.meta_path.insert(0, _HidePackage())
-sys.path = [p for p in sys.path if p not in ("", ".")]
-try:
-    import modeling_ilm
-    raise SystemExit("modeling_ilm must not be importable here")
-except ModuleNotFoundError:
-    pass
-'''
-
-
-def run_without_package(script: str, cwd, env_extra=None):
-    """Runs `script` in a fresh Python where this package cannot be imported; returns the result."""
-    import os
-    import subprocess
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(env_extra or {})
-    return subprocess.run([sys.executable, "-c", HIDE_PACKAGE + script], cwd=cwd, env=env, capture_output=True, text=True)

@@ -5,10 +5,11 @@ import textwrap
 
 import pytest
 import torch
-from conftest import CATALOG, run_without_package
+from conftest import CATALOG
 from transformers import AutoModel, AutoModelForCausalLM, BertModel
 
 from modeling_ilm import ILMConfig, ILMForConditionalGeneration, ILMProcessor
+from training.publish import run_without_package
 
 QUERIES = 2
 CHATS = [
@@ -213,7 +214,7 @@ def test_trust_remote_code_load_without_the_package(model, processor, tmp_path):
         assert diff == 0.0
         """
     )
-    result = run_without_package(script, cwd=tmp_path, env_extra={"HF_MODULES_CACHE": str(tmp_path / "modules")})
+    result = run_without_package(script, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "transformers_modules" in result.stdout and "maxdiff 0.0" in result.stdout
 

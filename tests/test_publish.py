@@ -309,48 +309,43 @@ import json, re
 import torch
 from huggingface_hub import hf_hub_download
 from transformers import AutoModel, AutoProcessor
-from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
 repo_id, expected_path = sys.argv[1], sys.argv[2]
+hub = {"cache_dir": sys.argv[3]} if len(sys.argv) > 3 else {}
 expected = torch.load(expected_path)
-report = {"known_bug": None}
-try:
-    model = AutoModel.from_pretrained(repo_id, trust_remote_code=True)
-except TypeError as e:  # see test_offline_repo_id_loading
-    if "multiple values for argument 'config'" not in str(e):
-        raise
-    report["known_bug"] = str(e)
-    model = get_class_from_dynamic_module("modeling_ilm.ILMForConditionalGeneration", repo_id).from_pretrained(repo_id)
-model.eval()
-processor = AutoProcessor.from_pretrained(repo_id, trust_remote_code=True)
+model = AutoModel.from_pretrained(repo_id, trust_remote_code=True, **hub).eval()
+processor = AutoProcessor.from_pretrained(repo_id, trust_remote_code=True, **hub)
 batch = processor(messages=expected["chats"], item_ids=expected["item_ids"], user_ids=expected["user_ids"])
-report["same_inputs"] = all(torch.equal(batch[k], v) for k, v in expected["batch"].items())
+report = {"same_inputs": all(torch.equal(batch[k], v) for k, v in expected["batch"].items())}
 with torch.no_grad():
     report["logits_max_diff"] = (model(**batch).logits - expected["logits"]).abs().max().item()
 report["generated"] = model.generate(**batch, max_new_tokens=8, do_sample=False).tolist()
 report["module"], report["processor"] = type(model).__module__, type(processor).__name__
 report["llm"] = model.config.text_model_name_or_path
-if report["known_bug"] is None:  # the card's own code, as a reader would paste it
-    blocks = re.findall(r"```python\n(.*?)```", open(hf_hub_download(repo_id, "README.md")).read(), re.S)
-    namespace = {}
-    exec(blocks[0], namespace)
-    report["snippet_output"] = namespace["output"].tolist()
-    exec(blocks[1], namespace)
-    report["raw_vector_output_shape"] = list(namespace["output"].shape)
+# the card's own code, as a reader would paste it
+blocks = re.findall(r"```python\n(.*?)```", open(hf_hub_download(repo_id, "README.md", **hub)).read(), re.S)
+namespace = {"hub": hub}  # with cache_dir=, the snippet gets it too
+exec(blocks[0].replace("trust_remote_code=True", "trust_remote_code=True, **hub"), namespace)
+report["snippet_output"] = namespace["output"].tolist()
+exec(blocks[1], namespace)
+report["raw_vector_output_shape"] = list(namespace["output"].shape)
 print("REPORT " + json.dumps(report))
 """
 
 
-@pytest.mark.parametrize("kind", ["full", "light"])
-def test_offline_repo_id_loading(kind, published, model, processor, tiny_components, tmp_path):
+@pytest.mark.parametrize(
+    "kind, via",
+    [
+        ("full", "env"),
+        ("light", "env"),
+        ("light", "cache_dir"),
+    ],
+)
+def test_offline_repo_id_loading(kind, via, published, model, processor, tiny_components, tmp_path):
     """The published folder, laid into a Hugging Face cache as `org/<kind>`, loads by repo id with
     HF_HUB_OFFLINE=1 in a process without the package (the light one with its LLM from the cache
-    too), and generates exactly what the source model generates.
-
-    Known bug in modeling_ilm (light folders only): `AutoModel.from_pretrained` passes `config=` to
-    `ILMForConditionalGeneration.from_pretrained`, which then calls
-    `cls._from_light_checkpoint(path, config, **kwargs)` with `config` in kwargs as well -> TypeError.
-    Until that is fixed the test loads the same remote class directly and reports an xfail."""
+    too) and generates exactly what the source model generates; so does the card's snippet.
+    `via`: the cache is found through HF_HUB_CACHE, or only through the `cache_dir=` argument."""
     cache = tmp_path / "hub"
     snapshot = lay_into_hf_cache(published[kind], f"org/{kind}", cache)
     assert (cache / f"models--org--{kind}" / "refs" / "main").read_text() == snapshot.name
@@ -364,18 +359,21 @@ def test_offline_repo_id_loading(kind, published, model, processor, tiny_compone
         {"chats": CHATS, "item_ids": ITEMS, "user_ids": USERS, "batch": dict(batch), "logits": logits},
         tmp_path / "expected.pt",
     )
-    env = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "HF_HOME": str(tmp_path / "home"), "HF_MODULES_CACHE": str(tmp_path / "modules")}
-    result = run_without_package(LOAD_BY_REPO_ID, [f"org/{kind}", tmp_path / "expected.pt"], cwd=tmp_path, env=env)
-    assert result.returncode == 0, result.stdout + result.stderr
+    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "home"), "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    args = [f"org/{kind}", tmp_path / "expected.pt"]
+    if via == "env":
+        env["HF_HUB_CACHE"] = str(cache)
+    else:
+        env["HF_HUB_CACHE"] = str(tmp_path / "empty")
+        args.append(cache)
+    result = run_without_package(LOAD_BY_REPO_ID, args, cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     report = json.loads(result.stdout.split("REPORT ", 1)[1])
-    print(kind, json.dumps(report))
+    print(kind, via, json.dumps(report))
     assert report["module"].startswith(f"transformers_modules.org.{kind}.") and report["processor"] == "ILMProcessor"
     assert report["same_inputs"] and report["logits_max_diff"] == 0.0
     assert report["generated"] == model.generate(**batch, max_new_tokens=8, do_sample=False).tolist()
-    if kind == "light":
-        assert report["llm"] == LIGHT_LLM_ID
-    if report["known_bug"]:
-        pytest.xfail(f"modeling_ilm light loading through AutoModel: {report['known_bug']}")
+    assert report["llm"] == (LIGHT_LLM_ID if kind == "light" else tiny_components["llm"])
     assert report["snippet_output"] == model.generate(**snippet_inputs, max_new_tokens=32).tolist()
     assert report["raw_vector_output_shape"][0] == 1
 
