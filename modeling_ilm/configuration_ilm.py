@@ -48,6 +48,9 @@ class ILMConfig(PreTrainedConfig):
             Width of the normalised features used by the phase-1 contrastive losses (BLIP-2: 256).
         phase1_loss_weights (`dict`):
             Weight of each phase-1 loss (`itc`, `itm`, `itg`, `item_item`, `user_item`); 0 switches it off.
+        text_pooling (`str`):
+            Text feature for ITC: `"mean"` over tokens (right for sentence encoders such as the default
+            all-MiniLM-L6-v2) or `"cls"` (BLIP-2 with bert-base).
         text_decoder_bos_token_id (`int`):
             Q-Former vocabulary id that replaces [CLS] for item-grounded generation (BLIP-2's [DEC]).
     """
@@ -87,12 +90,15 @@ class ILMConfig(PreTrainedConfig):
     contrastive_dim: int = 256
     phase1_loss_weights: dict | None = None
     text_decoder_bos_token_id: int = 2  # "[unused1]" in BERT vocabularies
+    text_pooling: str = "mean"
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
         if self.adapter_type not in ADAPTER_TYPES:
             raise ValueError(f"adapter_type={self.adapter_type!r}; use one of {ADAPTER_TYPES}.")
+        if self.text_pooling not in ("mean", "cls"):
+            raise ValueError(f"text_pooling={self.text_pooling!r}; use 'mean' or 'cls'.")
         if self.num_query_tokens < 1 or self.num_cf_tokens < 1:
             raise ValueError("num_query_tokens and num_cf_tokens must be >= 1.")
         weights = {"itc": 1.0, "itm": 1.0, "itg": 1.0, "item_item": 0.0, "user_item": 0.0}

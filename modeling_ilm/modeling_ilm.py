@@ -82,6 +82,8 @@ class ILMQFormerEncoder(nn.Module):
         qformer_config = config.qformer_config
         hidden = qformer_config.hidden_size
         self.num_cf_tokens = config.num_cf_tokens
+        # CF factors come at any scale (ALS: ~0.03): standardise them before they meet learned weights
+        self.cf_input_norm = nn.LayerNorm(config.cf_dim)
         self.cf_projection = nn.Linear(config.cf_dim, config.num_cf_tokens * hidden)
         self.cf_layernorm = nn.LayerNorm(hidden, eps=qformer_config.layer_norm_eps)
         # Users go through the same encoder as "special items"; this tells the two apart.
@@ -92,7 +94,8 @@ class ILMQFormerEncoder(nn.Module):
 
     def cf_tokens(self, cf_embeds: torch.Tensor, is_user: bool = False) -> torch.Tensor:
         batch = cf_embeds.shape[0]
-        tokens = self.cf_projection(cf_embeds.to(self.cf_projection.weight.dtype)).view(batch, self.num_cf_tokens, -1)
+        cf_embeds = self.cf_input_norm(cf_embeds.to(self.cf_projection.weight.dtype))
+        tokens = self.cf_projection(cf_embeds).view(batch, self.num_cf_tokens, -1)
         tokens = tokens + self.cf_type_embeddings.weight[int(is_user)]
         return self.cf_layernorm(tokens)
 
@@ -253,6 +256,7 @@ class ILMForConditionalGeneration(ILMPreTrainedModel, GenerationMixin):
             self.adapter = nn.Linear(config.qformer_config.hidden_size, llm_hidden)
         else:  # CoLLM-style: one MLP from the CF vector to all item tokens
             self.adapter = nn.Sequential(
+                nn.LayerNorm(config.cf_dim),
                 nn.Linear(config.cf_dim, config.mlp_hidden_size),
                 nn.GELU(),
                 nn.Linear(config.mlp_hidden_size, config.num_query_tokens * llm_hidden),
@@ -293,7 +297,7 @@ class ILMForConditionalGeneration(ILMPreTrainedModel, GenerationMixin):
     def encode_cf(self, cf_embeds: torch.Tensor, is_user: bool = False) -> torch.Tensor:
         """CF vectors `(N, cf_dim)` -> LLM-space tokens `(N, num_query_tokens, llm_hidden)`."""
         if self.item_encoder is None:
-            tokens = self.adapter(cf_embeds.to(self.adapter[0].weight.dtype))
+            tokens = self.adapter(cf_embeds.to(self.adapter[1].weight.dtype))
             return tokens.view(cf_embeds.shape[0], self.config.num_query_tokens, -1)
         query_output = self.item_encoder(cf_embeds, mode="query", is_user=is_user).last_hidden_state
         return self.adapter(query_output)
@@ -657,8 +661,15 @@ class ILMForItemTextPretraining(ILMPreTrainedModel):
         return nn.functional.normalize(self.query_features(cf_embeds, is_user).mean(1), dim=-1)
 
     def text_features(self, input_ids, attention_mask):
+        """Normalised text feature: the [CLS] state (BLIP-2) or the mean over tokens, the pooling
+        sentence encoders such as all-MiniLM-L6-v2 were trained with (their [CLS] barely varies)."""
         text = self.item_encoder(input_ids=input_ids, attention_mask=attention_mask, mode="text").last_hidden_state
-        return nn.functional.normalize(self.text_projection(text[:, 0]), dim=-1)
+        if self.config.text_pooling == "cls":
+            pooled = text[:, 0]
+        else:
+            mask = attention_mask.unsqueeze(-1).to(text.dtype)
+            pooled = (text * mask).sum(1) / mask.sum(1).clamp(min=1)
+        return nn.functional.normalize(self.text_projection(pooled), dim=-1)
 
     def item_text_similarity(self, query_feats, text_feats):
         """BLIP-2's ITC score: the best-matching query against the text [CLS] feature."""
