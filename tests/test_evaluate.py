@@ -17,7 +17,7 @@ from training.data import DataValidationError, build_dataset
 from training.data.templates import ITEM_PLACEHOLDER, USER_PLACEHOLDER
 from training.evaluate import evaluate_baselines, evaluate_model, load_protocol, merge_results, to_markdown, write_report
 from training.evaluate.__main__ import main as cli_main
-from training.evaluate.alignment import first_year
+from training.evaluate.alignment import SentenceEmbedder, alignment_section, first_year, load_alignment_rows
 from training.evaluate.baselines import als_scorer, popularity_scorer
 from training.evaluate.lm import ChatModel
 from training.evaluate.metrics import bootstrap_ci, per_example, summarize
@@ -300,6 +300,46 @@ def test_generation_metrics_from_answers(ilm, protocol):
     assert out["valid_ratio"]["value"] == pytest.approx(3 / 6)
     assert out["hr@1"]["value"] == pytest.approx(1 / 6)
     assert out["hr@1_valid"]["value"] == pytest.approx(1 / 3)
+
+
+class ScriptedAligner:
+    """Answers alignment rows from their reference: exactly, or the title shouted, one right genre plus
+    a wrong one, the year inside a sentence."""
+
+    def __init__(self, rows, exact):
+        self.rows = {(json.dumps(r["messages"][:-1]), tuple(r["item_ids"])): r for r in rows}
+        self.exact, self.budgets = exact, {}
+
+    def answer_ids(self, text):
+        return text.split()
+
+    def generate(self, prompts, desc="", max_new_tokens=None):
+        answers = []
+        for p in prompts:
+            row = self.rows[(json.dumps(p.messages), tuple(p.item_ids))]
+            self.budgets[row["task"]] = max_new_tokens
+            target = row["target"]
+            answers.append(target if self.exact else {
+                "item_title": target.upper() + "!", "item_genres": target.split(",")[0] + ", Horror", "item_year": f"It came out in {target}.",
+            }[row["task"]])
+        return answers
+
+
+def test_alignment_metrics_from_answers(data_dir, sentence_model):
+    rows = load_alignment_rows(data_dir, "test", max_rows=None)
+    assert {r["task"] for r in rows} == {"item_title", "item_genres", "item_year"}
+    embedder = SentenceEmbedder(sentence_model)
+    exact = ScriptedAligner(rows, exact=True)
+    perfect = alignment_section(exact, rows, embedder, n_boot=100)
+    assert {k: v["value"] for k, v in perfect.items()} == pytest.approx(
+        {"title_exact_match": 1.0, "genre_f1": 1.0, "year_accuracy": 1.0, "semantic_consistency": 1.0})
+    # generation budgets follow the longest reference of each task (in answer tokens)
+    assert exact.budgets["item_year"] == 1 and exact.budgets["item_title"] == max(len(r["target"].split()) for r in rows if r["task"] == "item_title")
+    partial = alignment_section(ScriptedAligner(rows, exact=False), rows, embedder, n_boot=100)
+    genres = [r["target"].split(", ") for r in rows if r["task"] == "item_genres"]
+    assert partial["title_exact_match"]["value"] == 1.0 and partial["year_accuracy"]["value"] == 1.0
+    assert partial["genre_f1"]["value"] == pytest.approx(np.mean([2 / (2 + len(g)) for g in genres]))
+    assert partial["semantic_consistency"]["value"] < 1.0
 
 
 def test_baseline_scorers(data_dir, protocol):

@@ -8,6 +8,8 @@ import argparse
 import logging
 from pathlib import Path
 
+import torch
+
 from .harness import BASELINES, SECTIONS, evaluate_baselines, evaluate_model, load_base_llm
 from .protocol import load_protocol
 from .report import merge_results, to_markdown, write_report
@@ -39,12 +41,13 @@ def parse_args(argv=None):
     p.add_argument("--baselines", type=comma_list(BASELINES), default=[], help=f"comma list of {','.join(BASELINES)}")
     p.add_argument("--sections", type=comma_list(SECTIONS), default=list(SECTIONS), help=f"comma list of {','.join(SECTIONS)}")
     p.add_argument("--full-catalog", action="store_true", help="also rank every catalog item by likelihood (slow on CPU)")
-    p.add_argument("--alignment-rows", type=int, default=200, help="rows per alignment task and split")
+    p.add_argument("--alignment-rows", type=int, default=200, help="rows per alignment task and split (0: all)")
     p.add_argument("--batch-size", type=int, default=16, help="prompts per generation batch")
     p.add_argument("--max-new-tokens", type=int, default=24)
     p.add_argument("--score", default="sum", choices=["sum", "mean"], help="answer log-likelihood: total or per token")
     p.add_argument("--llm", default="default", help="frozen LLM of the text baseline without --model (default: the embedded one)")
     p.add_argument("--sentence-model", help="encoder for semantic consistency (default: the MiniLM asset)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, ... (auto: cuda when available)")
     p.add_argument("--merge", nargs="+", metavar="RESULTS_JSON", help="only merge these results.json files into --out")
     args = p.parse_args(argv)
     if not args.merge and not (args.data and (args.model or args.baselines)):
@@ -61,20 +64,21 @@ def main(argv=None):
         protocol = load_protocol(args.data, args.split, args.candidates, args.users, args.seed, args.history_len)
         common = dict(protocol=protocol, bootstrap=args.bootstrap, sections=args.sections, full_catalog=args.full_catalog,
                       batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, reduce=args.score)
+        device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
         results, llm, tokenizer = [], None, None
         if args.model:
             from modeling_ilm import ILMForConditionalGeneration, ILMProcessor
 
-            model = ILMForConditionalGeneration.from_pretrained(args.model).eval()
+            model = ILMForConditionalGeneration.from_pretrained(args.model).to(device).eval()
             processor = ILMProcessor.from_pretrained(args.model)
             if "preservation" in args.sections or "text" in args.baselines:
                 llm, tokenizer = load_base_llm(model), processor.tokenizer  # the frozen LLM as published
             results.append(evaluate_model(
                 model, processor, args.data, name=args.name or Path(args.model).resolve().name,
-                alignment_rows_per_task=args.alignment_rows, sentence_model=args.sentence_model, base_llm=llm, **common,
+                alignment_rows=args.alignment_rows or None, sentence_model=args.sentence_model, base_llm=llm, **common,
             ))
         if args.baselines:
-            results.append(evaluate_baselines(args.data, args.baselines, llm=llm, tokenizer=tokenizer, llm_path=args.llm, **common))
+            results.append(evaluate_baselines(args.data, args.baselines, llm=llm, tokenizer=tokenizer, llm_path=args.llm, device=device, **common))
         merged = merge_results(results)
     json_path, md_path = write_report(merged, args.out)
     print(to_markdown(merged))

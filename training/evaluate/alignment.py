@@ -27,8 +27,8 @@ TASKS = ("item_title", "item_genres", "item_year")
 YEAR = re.compile(r"\b(\d{4})\b")
 
 
-def alignment_rows(data_dir, split: str, max_rows=200) -> list:
-    """The first `max_rows` rows of each alignment task in a phase-2 split."""
+def load_alignment_rows(data_dir, split: str, max_rows=200) -> list:
+    """The first `max_rows` rows of each alignment task in a phase-2 split (None: all of them)."""
     dataset = load_from_disk(str(Path(data_dir) / "phase2" / split))
     tasks = dataset["task"]
     rows = []
@@ -65,20 +65,32 @@ def first_year(text: str) -> str:
     return match.group(1) if match else ""
 
 
+MEASURES = {  # name: (task, metric config, answer normaliser, reference normaliser)
+    "title_exact_match": ("item_title", "exact_match", normalize_title, normalize_title),
+    "genre_f1": ("item_genres", "set_f1", str, str),
+    "year_accuracy": ("item_year", "exact_match", first_year, str.strip),
+}
+
+
 def alignment_section(chat_model, rows, embedder, n_boot=1000, seed=0, desc="alignment") -> dict:
-    answers = chat_model.generate([phase2_prompt(r) for r in rows], desc=desc)
-    by_task = {task: [(a, r["target"]) for a, r in zip(answers, rows) if r["task"] == task] for task in TASKS}
-    measures = {
-        "title_exact_match": ("item_title", "exact_match", normalize_title, normalize_title),
-        "genre_f1": ("item_genres", "set_f1", str, str),
-        "year_accuracy": ("item_year", "exact_match", first_year, str.strip),
-    }
+    pairs = {}  # task -> (answers, references)
+    for task in TASKS:
+        task_rows = [r for r in rows if r["task"] == task]
+        if not task_rows:  # e.g. no genres in a catalog: no item_genres rows
+            continue
+        references = [r["target"] for r in task_rows]
+        # a year needs a few tokens, not a title's budget: stop where the longest reference ends
+        budget = max(len(chat_model.answer_ids(t)) for t in references)
+        answers = chat_model.generate([phase2_prompt(r) for r in task_rows], desc=f"{desc} {task}", max_new_tokens=budget)
+        pairs[task] = (answers, references)
     out = {}
-    for name, (task, config, answer_form, reference_form) in measures.items():
-        pairs = by_task[task]
-        if pairs:  # e.g. no genres in a catalog: no item_genres rows
-            values = per_example(config, [answer_form(a) for a, _ in pairs], [reference_form(t) for _, t in pairs])
+    for name, (task, config, answer_form, reference_form) in MEASURES.items():
+        if task in pairs:
+            answers, references = pairs[task]
+            values = per_example(config, [answer_form(a) for a in answers], [reference_form(t) for t in references])
             out[name] = summarize(next(iter(values.values())), n_boot, seed)
-    if rows:
-        out["semantic_consistency"] = summarize(embedder.similarity(answers, [r["target"] for r in rows]), n_boot, seed)
+    if pairs:
+        answers = [a for task_answers, _ in pairs.values() for a in task_answers]
+        references = [t for _, task_references in pairs.values() for t in task_references]
+        out["semantic_consistency"] = summarize(embedder.similarity(answers, references), n_boot, seed)
     return out

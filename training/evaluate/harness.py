@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from training.assets import default_qformer_path, resolve_llm
 
-from .alignment import SentenceEmbedder, alignment_rows, alignment_section
+from .alignment import SentenceEmbedder, alignment_section, load_alignment_rows
 from .baselines import als_scorer, popularity_scorer
 from .lm import ChatModel
 from .preservation import max_logit_difference
@@ -70,7 +70,7 @@ def evaluate_model(
     history_len=10,
     sections=SECTIONS,
     full_catalog=False,
-    alignment_rows_per_task=200,
+    alignment_rows=200,
     batch_size=16,
     max_new_tokens=24,
     reduce="sum",
@@ -81,6 +81,7 @@ def evaluate_model(
 
     `protocol`: a `protocol.Protocol` to reuse (then split/candidates_file/users/seed/history_len
     are ignored). `full_catalog`: also rank every catalog item by likelihood (slow on CPU).
+    `alignment_rows`: rows per alignment task and split (None: all).
     `sentence_model`: path of the encoder for semantic consistency (default: the MiniLM asset).
     `base_llm`: the frozen LLM to compare logits with (default: reloaded from the model's config).
     """
@@ -93,7 +94,7 @@ def evaluate_model(
         embedder = SentenceEmbedder(sentence_model or default_qformer_path())
         result["alignment"] = {}
         for kind, split_name in (("seen", protocol.split), ("unseen", f"{protocol.split}_unseen")):
-            rows = alignment_rows(data_dir, split_name, alignment_rows_per_task)
+            rows = load_alignment_rows(data_dir, split_name, alignment_rows)
             values = alignment_section(chat_model, rows, embedder, bootstrap, protocol.seed, desc=f"alignment ({kind})")
             result["alignment"][kind] = values
             log_section(name, f"alignment {kind} ({len(rows)} rows)", values)
@@ -133,10 +134,11 @@ def evaluate_baselines(
     batch_size=16,
     max_new_tokens=24,
     reduce="sum",
+    device="cpu",
 ) -> dict:
     """Popularity and ALS (ranking only), and text-only prompting of a frozen LLM (`llm` +
     `tokenizer`, else loaded from `llm_path`, "default" being the embedded default LLM): same users,
-    candidates and templates."""
+    candidates and templates. `device`: where a loaded LLM runs."""
     check_names(baselines, BASELINES, "baselines")
     check_names(sections, SECTIONS, "sections")
     protocol = get_protocol(data_dir, protocol, split=split, candidates_file=candidates_file, users=users, seed=seed, history_len=history_len)
@@ -144,7 +146,7 @@ def evaluate_baselines(
     models = {}
     if "text" in baselines and llm is None:
         path = resolve_llm(llm_path)
-        llm = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        llm = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).eval()
         tokenizer = tokenizer or AutoTokenizer.from_pretrained(path)
     if "text" in baselines and tokenizer is None:
         raise ValueError("The text baseline needs the LLM's tokenizer with `llm`.")

@@ -131,12 +131,14 @@ class ChatModel:
         return (total / lengths if self.reduce == "mean" else total).cpu().numpy()
 
     @torch.no_grad()
-    def generate(self, prompts, desc="generate") -> list:
-        """Greedy answers (decoded, stripped) for a list of `Prompt`s, in batches."""
+    def generate(self, prompts, desc="generate", max_new_tokens=None) -> list:
+        """Greedy answers (decoded, stripped) for a list of `Prompt`s, in batches.
+        `max_new_tokens` lowers the budget for this call (never above the model's)."""
+        budget = min(max_new_tokens or self.max_new_tokens, self.max_new_tokens)
         answers = []
         for start in tqdm(range(0, len(prompts), self.batch_size), desc=desc, leave=False):
             inputs = self.encode(prompts[start : start + self.batch_size])
-            out = self.model.generate(**inputs, generation_config=self.generation_config)
+            out = self.model.generate(**inputs, generation_config=self.generation_config, max_new_tokens=budget)
             new = out[:, inputs["input_ids"].shape[1] :]
             answers += [text.strip() for text in self.processor.batch_decode(new, skip_special_tokens=True)]
         return answers

@@ -87,8 +87,8 @@ def protocol_note(protocol: dict) -> str:
     n = protocol["num_candidates"]
     ci = f"percentile bootstrap over users ({protocol['bootstrap']} resamples, seed {protocol['seed']})" if protocol["bootstrap"] else "none (--bootstrap 0)"
     return "\n".join([
-        f"**Protocol** ({protocol['name']}): split `{protocol['split']}`, {protocol['users']} users, candidates from "
-        f"`{protocol['candidates_file']}` (the held-out item and {n - 1} items the user never interacted with), shown "
+        f"**Protocol** ({protocol['name']}): split `{protocol['split']}`, {protocol['users']} users, {n} candidates per user "
+        f"from `{protocol['candidates_file']}` (the held-out item and items the user never interacted with), shown "
         f"in a seeded random order; the history is the user's last {protocol['history_len']} earlier interactions.",
         "",
         "- *ranking*: LLMs rank the candidates by their log-likelihood of each title as the answer, popularity by "
