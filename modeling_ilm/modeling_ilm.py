@@ -246,8 +246,6 @@ class ILMPreTrainedModel(PreTrainedModel):
 class ILMForConditionalGeneration(ILMPreTrainedModel, GenerationMixin):
     """Item encoder + adapter + frozen causal LM. Only the encoder and adapter have gradients."""
 
-    _checkpoint_conversion_mapping = {}
-
     def __init__(self, config: ILMConfig, language_model: PreTrainedModel | None = None):
         super().__init__(config)
         self._build_item_encoder(config)
