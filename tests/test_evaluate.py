@@ -10,7 +10,7 @@ import torch
 from conftest import WORDS
 from datasets import load_from_disk
 from safetensors.numpy import load_file
-from transformers import AutoModelForCausalLM, BertTokenizerFast
+from transformers import AutoModelForCausalLM, BertModel, BertTokenizerFast
 
 from modeling_ilm import ILMForConditionalGeneration, ILMProcessor
 from training.data import DataValidationError, build_dataset
@@ -19,7 +19,7 @@ from training.evaluate import evaluate_baselines, evaluate_model, load_protocol,
 from training.evaluate.__main__ import main as cli_main
 from training.evaluate.alignment import SentenceEmbedder, alignment_section, first_year, load_alignment_rows
 from training.evaluate.baselines import als_scorer, popularity_scorer
-from training.evaluate.lm import ChatModel
+from training.evaluate.lm import ChatModel, match_answer
 from training.evaluate.metrics import bootstrap_ci, per_example, summarize
 from training.evaluate.preservation import max_logit_difference
 from training.evaluate.prompts import CANDIDATE_TEMPLATE, as_text, recommendation_prompt, text_processor
@@ -75,8 +75,6 @@ def sentence_model(tiny_components, tmp_path_factory):
     vocab = folder / "vocab.txt"
     vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *dict.fromkeys(WORDS)]))
     BertTokenizerFast(vocab_file=str(vocab)).save_pretrained(folder)
-    from transformers import BertModel
-
     BertModel.from_pretrained(tiny_components["bert"]).save_pretrained(folder)
     return str(folder)
 
@@ -108,6 +106,7 @@ def test_ranking_metric_by_hand():
     moved = [int(np.where(p == t)[0][0]) for p, t in zip(perm, truth)]
     again = per_example("ranking", shuffled, moved, k=[1, 5])
     np.testing.assert_allclose(again["ndcg@5"], expected_ndcg)
+    assert per_example("ranking", [[float("nan"), 0.1]], [0], k=[1])["hr@1"].tolist() == [0]  # a failed score is a miss
 
 
 def test_choice_exact_and_set_f1_metrics_by_hand():
@@ -271,10 +270,10 @@ def test_rigged_scorers(protocol):
 
 
 class ScriptedChatModel:
-    """Answers by the user's position: the target's title (in other case), a wrong candidate, a catalog
-    title that is not a candidate, or nonsense."""
+    """Answers by the user's position: the target's title (in other case), a wrong candidate, two
+    candidates, a catalog title that is not a candidate, a sentence naming the target, or nonsense."""
 
-    SCRIPT = ["target", "wrong", "nonsense", "outside", "wrong", "nonsense"]
+    SCRIPT = ["target", "wrong", "listing", "outside", "verbose", "nonsense"]
 
     def __init__(self, processor, protocol):
         self.processor, self.protocol = processor, protocol
@@ -283,23 +282,26 @@ class ScriptedChatModel:
         answers = []
         for prompt in prompts:
             u = prompt.user_ids[0]
-            kind = self.SCRIPT[self.protocol.users.index(u)]
-            wrong = next(c for c in self.protocol.candidates[u] if c != self.protocol.targets[u])
-            outside = next(t for i, t in self.protocol.titles.items() if i not in self.protocol.candidates[u])
-            answers.append({"target": self.protocol.titles[self.protocol.targets[u]].upper() + "!",
-                            "wrong": self.protocol.titles[wrong], "outside": outside, "nonsense": "no idea"}[kind])
+            titles = self.protocol.titles
+            target = titles[self.protocol.targets[u]]
+            wrong = [titles[c] for c in self.protocol.candidates[u] if c != self.protocol.targets[u]]
+            outside = next(t for i, t in titles.items() if i not in self.protocol.candidates[u])
+            answers.append({
+                "target": target.upper() + "!", "wrong": wrong[0], "listing": f"{wrong[0]} or {target}", "outside": outside,
+                "verbose": f"I would pick {target} for sure.", "nonsense": "no idea",
+            }[self.SCRIPT[self.protocol.users.index(u)]])
         return answers
 
-    def match_item(self, text, candidates=None):
-        return self.processor.match_item(text, candidates=candidates) or ""
+    def match_item(self, text, candidates):
+        return match_answer(self.processor, text, candidates)
 
 
 def test_generation_metrics_from_answers(ilm, protocol):
     _, processor = ilm
     out = generation_section(ScriptedChatModel(processor, protocol), protocol, n_boot=100)
-    assert out["valid_ratio"]["value"] == pytest.approx(3 / 6)
-    assert out["hr@1"]["value"] == pytest.approx(1 / 6)
-    assert out["hr@1_valid"]["value"] == pytest.approx(1 / 3)
+    assert out["valid_ratio"]["value"] == pytest.approx(3 / 6)  # target, wrong, verbose
+    assert out["hr@1"]["value"] == pytest.approx(2 / 6)
+    assert out["hr@1_valid"]["value"] == pytest.approx(2 / 3)
 
 
 class ScriptedAligner:

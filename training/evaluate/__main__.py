@@ -48,6 +48,7 @@ def parse_args(argv=None):
     p.add_argument("--llm", default="default", help="frozen LLM of the text baseline without --model (default: the embedded one)")
     p.add_argument("--sentence-model", help="encoder for semantic consistency (default: the MiniLM asset)")
     p.add_argument("--device", default="auto", help="cpu, cuda, ... (auto: cuda when available)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice; 1 is faster on an oversubscribed machine)")
     p.add_argument("--merge", nargs="+", metavar="RESULTS_JSON", help="only merge these results.json files into --out")
     args = p.parse_args(argv)
     if not args.merge and not (args.data and (args.model or args.baselines)):
@@ -58,6 +59,8 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.merge:
         merged = merge_results(args.merge)
     else:

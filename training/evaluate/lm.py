@@ -9,6 +9,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
+from modeling_ilm.processing_ilm import normalize_title
+
 from .prompts import as_text
 
 
@@ -35,12 +37,7 @@ class ChatModel:
         self._answer_ids = {}  # answer text -> token ids
         tokenizer = processor.tokenizer
         eos = model.generation_config.eos_token_id
-        self.generation_config = GenerationConfig(
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            eos_token_id=eos if eos is not None else tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
+        self.greedy = dict(do_sample=False, eos_token_id=eos if eos is not None else tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
 
     @property
     def device(self):
@@ -134,15 +131,26 @@ class ChatModel:
     def generate(self, prompts, desc="generate", max_new_tokens=None) -> list:
         """Greedy answers (decoded, stripped) for a list of `Prompt`s, in batches.
         `max_new_tokens` lowers the budget for this call (never above the model's)."""
-        budget = min(max_new_tokens or self.max_new_tokens, self.max_new_tokens)
+        config = GenerationConfig(**self.greedy, max_new_tokens=min(max_new_tokens or self.max_new_tokens, self.max_new_tokens))
         answers = []
         for start in tqdm(range(0, len(prompts), self.batch_size), desc=desc, leave=False):
             inputs = self.encode(prompts[start : start + self.batch_size])
-            out = self.model.generate(**inputs, generation_config=self.generation_config, max_new_tokens=budget)
+            out = self.model.generate(**inputs, generation_config=config)
             new = out[:, inputs["input_ids"].shape[1] :]
             answers += [text.strip() for text in self.processor.batch_decode(new, skip_special_tokens=True)]
         return answers
 
-    def match_item(self, text, candidates=None):
-        """The item id an answer names (among `candidates` when given), or ""."""
-        return self.processor.match_item(text, candidates=candidates) or ""
+    def match_item(self, text, candidates):
+        return match_answer(self.processor, text, candidates)
+
+
+def match_answer(processor, text, candidates) -> str:
+    """The candidate an answer names, or "": `processor.match_item` on the whole answer, else the one
+    candidate whose normalised title the answer contains (verbose answers such as "I would pick Heat
+    (1995)."); an answer containing several candidate titles names none."""
+    found = processor.match_item(text, candidates=candidates)
+    if found:
+        return found
+    answer = f" {normalize_title(text)} "
+    inside = [c for c in candidates if f" {normalize_title(processor.item(c)['title'])} " in answer]
+    return inside[0] if len(inside) == 1 else ""
