@@ -417,8 +417,12 @@ def test_evaluate_model_and_baselines_write_one_report(ilm, data_dir, sentence_m
     value = got["ranking"]["hr@1"]
     assert f"| tiny-ilm | {value['value']:.3f} [{value['ci95'][0]:.3f}, {value['ci95'][1]:.3f}]" in markdown
     assert "| pop |" in markdown and "| text |" in markdown and "4 users" in markdown
-    with pytest.raises(ValueError, match="appears twice"):
+    with pytest.raises(ValueError, match="in two results"):
         merge_results([results, results])
+    # sections of one model evaluated in separate runs come together
+    split = [{"protocol": protocol, "models": {"tiny-ilm": {k: got[k] for k in keys} | {"timing_s": 1.0}}}
+             for keys in (["ranking", "generation"], ["alignment", "preservation"])]
+    assert merge_results(split)["models"]["tiny-ilm"] == {k: got[k] for k in ["ranking", "generation", "alignment", "preservation"]} | {"timing_s": 2.0}
     other = json.loads(json.dumps(baselines))
     other["protocol"]["seed"] = 1
     with pytest.raises(ValueError, match="different protocols"):

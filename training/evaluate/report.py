@@ -47,7 +47,10 @@ def load_results(path) -> dict:
 
 
 def merge_results(results) -> dict:
-    """One results dict from several (dicts or results.json paths) on the same protocol."""
+    """One results dict from several (dicts or results.json paths) on the same protocol.
+
+    A model found in several results keeps the union of its sections (e.g. alignment evaluated in a
+    separate run), their times added; the same section twice is an error."""
     results = [load_results(r) if isinstance(r, (str, Path)) else r for r in results]
     if not results:
         raise ValueError("Nothing to merge.")
@@ -58,9 +61,14 @@ def merge_results(results) -> dict:
             raise ValueError(f"Results were computed on different protocols (differ in {sorted(differ)}); they are not comparable.")
     for r in results:
         for name, values in r["models"].items():
-            if name in merged["models"]:
-                raise ValueError(f"Model name {name!r} appears twice; rename one (--name).")
-            merged["models"][name] = values
+            model = merged["models"].setdefault(name, {})
+            twice = (model.keys() & values.keys()) - {"timing_s"}
+            if twice:
+                raise ValueError(f"Model {name!r} has sections {sorted(twice)} in two results; rename one (--name).")
+            timing = model.get("timing_s", 0) + values.get("timing_s", 0)
+            model.update(values)
+            if "timing_s" in model:
+                model["timing_s"] = round(timing, 1)
     return merged
 
 
