@@ -25,13 +25,13 @@ from modeling_ilm import ILMForConditionalGeneration, ILMProcessor
 from training import assets
 from training.config import config_from_cli, save_config
 from training.plots import plot_training_curves
-from training.trainer import ComponentLossTrainer, last_checkpoint, training_arguments
+from training.trainer import ComponentLossTrainer, TrainerSettings, last_checkpoint, training_arguments
 
 logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
-class FinetuneConfig:
+class FinetuneConfig(TrainerSettings):
     data_dir: str = "runs/ml100k/data"
     output_dir: str = "runs/ml100k/phase2"
     init: str = "runs/ml100k/phase1/final"  # a phase-1 checkpoint, or "scratch" (ILM-rand; also for mlp)
@@ -48,18 +48,9 @@ class FinetuneConfig:
     num_eval_examples: int = 200
     max_length: int = 512  # longer examples are dropped (and counted), never cut through an item
     batch_size: int = 8
-    gradient_accumulation_steps: int = 1
     max_steps: int = 250
-    learning_rate: float = 1e-4
-    weight_decay: float = 0.05
-    warmup_ratio: float = 0.05
-    logging_steps: int = 10
     eval_steps: int = 0
     save_steps: int = 50
-    gradient_checkpointing: bool = False
-    bf16: bool | str = "auto"
-    dataloader_num_workers: int = 0
-    seed: int = 0
 
 
 def mixed_examples(dataset, task_weights, size, seed):

@@ -24,7 +24,7 @@ from training import assets
 from training.config import config_from_cli, save_config
 from training.plots import plot_training_curves
 from training.retrieval import encoder_item_vectors, item_to_item_recall, item_to_text_recall
-from training.trainer import ComponentLossTrainer, last_checkpoint, training_arguments
+from training.trainer import ComponentLossTrainer, TrainerSettings, last_checkpoint, training_arguments
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ VARIANTS = {
 
 
 @dataclasses.dataclass
-class PretrainConfig:
+class PretrainConfig(TrainerSettings):
     data_dir: str = "runs/ml100k/data"
     output_dir: str = "runs/ml100k/phase1"
     llm: str = "default"  # Hub id or path of the frozen LLM phase 2 will use ("default": SmolLM2-135M-Instruct)
@@ -49,19 +49,10 @@ class PretrainConfig:
     num_hidden_layers: int | None = None  # Q-Former depth; None keeps the init model's
     max_text_length: int = 32
     batch_size: int = 32
-    gradient_accumulation_steps: int = 1
     max_steps: int = 300
-    learning_rate: float = 1e-4
-    weight_decay: float = 0.05
-    warmup_ratio: float = 0.05
-    logging_steps: int = 10
     eval_steps: int = 100
     save_steps: int = 100
     eval_items: int | None = None  # cap on validation items for retrieval (None: all)
-    gradient_checkpointing: bool = False
-    bf16: bool | str = "auto"
-    dataloader_num_workers: int = 0
-    seed: int = 0
 
 
 class Phase1Examples(torch.utils.data.Dataset):

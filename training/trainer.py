@@ -1,10 +1,31 @@
 """What phase 1 and phase 2 share on top of transformers' Trainer."""
 
+import dataclasses
 import os
 
 import torch
 from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
+
+
+@dataclasses.dataclass
+class TrainerSettings:
+    """The Trainer fields both phase configs have (read by `training_arguments`)."""
+
+    output_dir: str = "runs/out"
+    batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    max_steps: int = 100
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.05
+    warmup_ratio: float = 0.05
+    logging_steps: int = 10
+    eval_steps: int = 0
+    save_steps: int = 50
+    gradient_checkpointing: bool = False
+    bf16: bool | str = "auto"
+    dataloader_num_workers: int = 0
+    seed: int = 0
 
 
 class ComponentLossTrainer(Trainer):
