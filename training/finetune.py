@@ -47,6 +47,9 @@ class FinetuneConfig(TrainerSettings):
     num_train_examples: int = 2000  # examples drawn (with the task weights) for training
     num_eval_examples: int = 200
     max_length: int = 512  # longer examples are dropped (and counted), never cut through an item
+    # Batches of similar length: the task mix spans 50-260 tokens, so random batches of 8 are half
+    # padding (CPU preset: 224k padded tokens for 112k real ones; grouped: 115k).
+    group_by_length: bool = True
     batch_size: int = 8
     max_steps: int = 250
     eval_steps: int = 0
@@ -149,12 +152,13 @@ def finetune(config: FinetuneConfig) -> dict:
             for row in rows
         ]
         kept = [i for i, size in zip(indices, sizes) if size <= config.max_length]
+        kept_sizes = [size for size in sizes if size <= config.max_length]
         lengths[split] = {
             "drawn": len(indices),
             "dropped_too_long": len(indices) - len(kept),
-            "mean_tokens": float(np.mean([s for s in sizes if s <= config.max_length])) if kept else 0.0,
+            "mean_tokens": float(np.mean(kept_sizes)) if kept else 0.0,
         }
-        return phase2[split].select(kept)
+        return phase2[split].select(kept).add_column("length", kept_sizes)  # read by the length-grouped sampler
 
     train = short_enough("train", mixed_examples(phase2["train"], config.task_weights, config.num_train_examples, config.seed))
     evaluation = short_enough("validation", mixed_examples(phase2["validation"], config.task_weights, config.num_eval_examples, config.seed)) if config.eval_steps else None
@@ -162,7 +166,12 @@ def finetune(config: FinetuneConfig) -> dict:
 
     trainer = Phase2Trainer(
         model=model,
-        args=training_arguments(config, prediction_loss_only=True, per_device_eval_batch_size=config.batch_size),
+        args=training_arguments(
+            config,
+            prediction_loss_only=True,
+            per_device_eval_batch_size=config.batch_size,
+            train_sampling_strategy="group_by_length" if config.group_by_length else "random",
+        ),
         train_dataset=train,
         eval_dataset=evaluation,
         data_collator=ChatCollator(processor),
