@@ -11,7 +11,7 @@ from transformers import AutoModel
 
 from training.config import load_config
 from training.data import build_dataset
-from training.finetune import FinetuneConfig, finetune, mixed_examples
+from training.finetune import FinetuneConfig, build_trainer, finetune, mixed_examples
 from training.pretrain import Phase1Examples, PretrainConfig, pretrain
 
 FIXTURE = Path(__file__).parent / "fixtures" / "data" / "generic"
@@ -109,6 +109,24 @@ def test_phase2_from_phase1_trains_saves_and_loads_with_automodel(tiny_component
     assert not torch.equal(model.item_encoder.query_tokens, phase1.item_encoder.query_tokens)  # trained on
     base = model.language_model.state_dict()
     assert all(torch.equal(v, phase1.language_model.state_dict()[k]) for k, v in base.items())  # LLM untouched
+
+
+def test_phase2_batches_group_examples_of_similar_length(tiny_components, data_dir, phase1_dir, tmp_path):
+    def padded_fraction(group_by_length):
+        config = FinetuneConfig(
+            data_dir=str(data_dir), output_dir=str(tmp_path), init=str(phase1_dir / "final"), llm=tiny_components["llm"],
+            num_query_tokens=2, num_cf_tokens=2, num_train_examples=64, batch_size=4, group_by_length=group_by_length,
+        )
+        trainer, processor, _ = build_trainer(config)
+        train = trainer.train_dataset
+        first = train[0]  # the length column is the tokenized length
+        assert first["length"] == len(processor(messages=first["messages"], item_ids=first["item_ids"], user_ids=first["user_ids"], add_generation_prompt=False)["input_ids"][0])
+        masks = [batch["attention_mask"] for batch in trainer.get_train_dataloader()]
+        assert sum(int(m.sum()) for m in masks) == sum(train["length"])  # every example once, none cut
+        return 1 - sum(int(m.sum()) for m in masks) / sum(m.numel() for m in masks)
+
+    grouped, random = padded_fraction(True), padded_fraction(False)
+    assert grouped < 0.5 * random, (grouped, random)
 
 
 def test_phase2_rejects_a_query_count_mismatch(tiny_components, data_dir, phase1_dir, tmp_path):

@@ -134,14 +134,9 @@ def build_model_and_processor(config: FinetuneConfig):
     return model, processor
 
 
-def finetune(config: FinetuneConfig) -> dict:
-    start = time.time()
-    set_seed(config.seed)
-    output_dir = Path(config.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, output_dir / "finetune_config.yaml")
+def build_trainer(config: FinetuneConfig):
+    """The phase-2 Trainer (model, drawn examples, collator) and the example counts per split."""
     model, processor = build_model_and_processor(config)
-
     phase2 = load_from_disk(str(Path(config.data_dir) / "phase2"))
     lengths = {}
 
@@ -176,6 +171,17 @@ def finetune(config: FinetuneConfig) -> dict:
         eval_dataset=evaluation,
         data_collator=ChatCollator(processor),
     )
+    return trainer, processor, lengths
+
+
+def finetune(config: FinetuneConfig) -> dict:
+    start = time.time()
+    set_seed(config.seed)
+    output_dir = Path(config.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, output_dir / "finetune_config.yaml")
+    trainer, processor, lengths = build_trainer(config)
+    model, train = trainer.model, trainer.train_dataset
     resume = last_checkpoint(config.output_dir)
     if resume:
         logger.info("Resuming phase 2 from %s", resume)
