@@ -135,7 +135,7 @@ def build_model_and_processor(config: FinetuneConfig):
 
 
 def build_trainer(config: FinetuneConfig):
-    """The phase-2 Trainer (model, drawn examples, collator) and the example counts per split."""
+    """(trainer, processor, example counts per split): the phase-2 Trainer over the drawn examples."""
     model, processor = build_model_and_processor(config)
     phase2 = load_from_disk(str(Path(config.data_dir) / "phase2"))
     lengths = {}
