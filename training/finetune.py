@@ -19,13 +19,12 @@ import numpy as np
 import torch
 from datasets import load_from_disk
 from safetensors.torch import load_file
-from transformers import set_seed
 
 from modeling_ilm import ILMForConditionalGeneration, ILMProcessor
 from training import assets
-from training.config import config_from_cli, save_config
+from training.config import config_from_cli
 from training.plots import plot_training_curves
-from training.trainer import ComponentLossTrainer, TrainerSettings, last_checkpoint, training_arguments
+from training.trainer import ComponentLossTrainer, TrainerSettings, last_checkpoint, start_run, training_arguments
 
 logger = logging.getLogger(__name__)
 
@@ -176,10 +175,7 @@ def build_trainer(config: FinetuneConfig):
 
 def finetune(config: FinetuneConfig) -> dict:
     start = time.time()
-    set_seed(config.seed)
-    output_dir = Path(config.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, output_dir / "finetune_config.yaml")
+    output_dir = start_run(config, "finetune_config.yaml")
     trainer, processor, lengths = build_trainer(config)
     model, train = trainer.model, trainer.train_dataset
     resume = last_checkpoint(config.output_dir)

@@ -17,14 +17,14 @@ import numpy as np
 import torch
 from datasets import load_from_disk
 from safetensors.torch import load_file
-from transformers import AutoTokenizer, set_seed
+from transformers import AutoTokenizer
 
 from modeling_ilm import ILMForItemTextPretraining
 from training import assets
-from training.config import config_from_cli, save_config
+from training.config import config_from_cli
 from training.plots import plot_training_curves
 from training.retrieval import encoder_item_vectors, item_to_item_recall, item_to_text_recall
-from training.trainer import ComponentLossTrainer, TrainerSettings, last_checkpoint, training_arguments
+from training.trainer import ComponentLossTrainer, TrainerSettings, last_checkpoint, start_run, training_arguments
 
 logger = logging.getLogger(__name__)
 
@@ -180,10 +180,7 @@ def build_model(config: PretrainConfig) -> ILMForItemTextPretraining:
 def pretrain(config: PretrainConfig) -> dict:
     """Runs phase 1 end to end and returns its summary (also `output_dir/phase1_results.json`)."""
     start = time.time()
-    set_seed(config.seed)
-    output_dir = Path(config.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, output_dir / "pretrain_config.yaml")
+    output_dir = start_run(config, "pretrain_config.yaml")
     model = build_model(config)
     tokenizer = AutoTokenizer.from_pretrained(assets.resolve_qformer(config.qformer))
 

@@ -2,10 +2,13 @@
 
 import dataclasses
 import os
+from pathlib import Path
 
 import torch
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
+
+from training.config import save_config
 
 
 @dataclasses.dataclass
@@ -82,3 +85,12 @@ def training_arguments(config, **overrides) -> TrainingArguments:
 def last_checkpoint(output_dir):
     """The checkpoint to resume from after a kill, or None for a fresh run."""
     return get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+
+
+def start_run(config, config_file: str) -> Path:
+    """Seeds everything, creates `config.output_dir` and records the config in it; returns the folder."""
+    set_seed(config.seed)
+    output_dir = Path(config.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, output_dir / config_file)
+    return output_dir
