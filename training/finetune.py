@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from datasets import load_from_disk
 from safetensors.torch import load_file
 
