@@ -405,21 +405,30 @@ def write_model_card(model_dir, results=None, training_info=None, **kwargs) -> P
     return path
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="a saved ILM folder")
+CARD_OPTIONS = ("results", "training_info", "model_name", "dataset", "license")
+
+
+def add_card_arguments(parser):
+    """The card's inputs as command-line options (this script and `training.publish`)."""
     parser.add_argument("--results", help="evaluation results JSON (default: <model>/results.json)")
     parser.add_argument("--training-info", help="training info JSON (default: <model>/training_info.json)")
     parser.add_argument("--model-name", help="the card's own entry of the results' models")
-    parser.add_argument("--repo-id", help="Hub id shown in the usage snippet")
     parser.add_argument("--dataset", help="dataset name for the metadata (default movielens-100k)")
     parser.add_argument("--license", default="apache-2.0")
+
+
+def card_arguments(args) -> dict:
+    """The keyword arguments of `build_model_card` from options added by `add_card_arguments`."""
+    return {name: getattr(args, name) for name in CARD_OPTIONS}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="a saved ILM folder")
+    parser.add_argument("--repo-id", help="Hub id shown in the usage snippet")
+    add_card_arguments(parser)
     args = parser.parse_args(argv)
-    path = write_model_card(
-        args.model, args.results, args.training_info,
-        model_name=args.model_name, repo_id=args.repo_id, dataset=args.dataset, license=args.license,
-    )
-    print(path)
+    print(write_model_card(args.model, repo_id=args.repo_id, **card_arguments(args)))
 
 
 if __name__ == "__main__":

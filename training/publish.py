@@ -28,7 +28,7 @@ from pathlib import Path
 from huggingface_hub import HfApi, constants, get_token
 from huggingface_hub.errors import HfHubHTTPError
 
-from model_cards.generate import GENERATED_MARKER, HUB_ID, is_hub_id, read_json, write_model_card
+from model_cards.generate import GENERATED_MARKER, HUB_ID, add_card_arguments, card_arguments, is_hub_id, read_json, write_model_card
 
 # Files that unpickle (and so can run code) when loaded: never published.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
@@ -275,18 +275,10 @@ def main(argv=None):
     parser.add_argument("--private", action="store_true", help="create the repository as private")
     parser.add_argument("--dry-run", action="store_true", help="build and validate only, no network")
     parser.add_argument("--out", help="keep the assembled folder here (must not exist or be empty)")
-    parser.add_argument("--results", help="evaluation results JSON for a generated card (default <model>/results.json)")
-    parser.add_argument("--training-info", help="training info JSON for a generated card (default <model>/training_info.json)")
-    parser.add_argument("--model-name", help="the card's own entry of the results' models")
-    parser.add_argument("--dataset", help="dataset name for the card metadata")
-    parser.add_argument("--license", default="apache-2.0")
+    add_card_arguments(parser)  # used when the folder has no card of its own (or a generated one)
     args = parser.parse_args(argv)
     try:
-        result = publish(
-            args.model, args.repo_id, private=args.private, dry_run=args.dry_run, out=args.out,
-            results=args.results, training_info=args.training_info,
-            model_name=args.model_name, dataset=args.dataset, license=args.license,
-        )
+        result = publish(args.model, args.repo_id, private=args.private, dry_run=args.dry_run, out=args.out, **card_arguments(args))
     except PublishError as e:
         sys.exit(f"error: {e}")
     if args.dry_run:
