@@ -41,6 +41,8 @@ METRIC_NAMES = {
     "ndcg@10": "NDCG@10",
     "valid_ratio": "valid ratio",
     "hr@1_valid": "HR@1 (valid only)",
+    "full_catalog_hr@10": "HR@10 (full catalog)",
+    "full_catalog_ndcg@10": "NDCG@10 (full catalog)",
     "exact_title_hit": "exact title hit",
     "title_exact_match": "title exact match",
     "genre_f1": "genre F1",
@@ -49,8 +51,11 @@ METRIC_NAMES = {
 }
 # (path in a model's results, heading): one table each, over every model that has the section.
 SECTIONS = [
-    (("ranking",), "Ranking among the candidates (all models)"),
+    (("ranking_head",), "Ranking head: one forward scores the candidates (and the full catalog) from the next-item prompt"),
+    (("ranking",), "Ranking among the candidates by answer likelihood, summed over the title's tokens (all models)"),
+    (("ranking_calibrated",), "Ranking by answer likelihood minus the title's likelihood after a content-free prompt"),
     (("generation",), "Generation: the model writes the next title, matched to the candidates (valid = it matches one)"),
+    (("generation_constrained",), "Generation constrained to the candidates' titles (prefix trie): every answer names a candidate"),
     (("full_catalog",), "Full catalog: the next item among all catalog items"),
     (("alignment", "seen"), "Alignment, prompt templates seen in training: describing an item from its item tokens"),
     (("alignment", "unseen"), "Alignment, prompt templates not seen in training"),
@@ -201,7 +206,10 @@ def eval_results(results: dict, own: str, dataset: str, dataset_name: str) -> li
     protocol = results["protocol"]
     name = protocol.get("name", "candidates")
     ranking_args = {k: protocol[k] for k in ("num_candidates", "history_len", "users") if k in protocol}
-    groups = [(("ranking",), f"Next-item recommendation ({name})", name, protocol.get("split"), ranking_args, "")]
+    groups = [
+        (("ranking_head",), f"Next-item recommendation ({name}), ranking head", f"{name}-ranking-head", protocol.get("split"), ranking_args, " (ranking head)"),
+        (("ranking",), f"Next-item recommendation ({name})", name, protocol.get("split"), ranking_args, ""),
+    ]
     for t in ("seen", "unseen"):
         groups.append((("alignment", t), f"Item-language alignment ({t} prompt templates)", f"alignment-{t}-templates", None, None, f" ({t} templates)"))
     out = []

@@ -7,6 +7,7 @@ folder loads with `trust_remote_code=True` where this package is not installed.
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForPreTraining, AutoProcessor
 
 from .configuration_ilm import ILMConfig
+from .constrained_decoding import TitleConstrainedLogitsProcessor, TitleTrie, title_constraint
 from .modeling_ilm import ILMForConditionalGeneration, ILMForItemTextPretraining, ILMPreTrainedModel
 from .processing_ilm import ILMProcessor
 
@@ -20,4 +21,13 @@ ILMConfig.register_for_auto_class()
 ILMForConditionalGeneration.register_for_auto_class("AutoModel")
 ILMProcessor.register_for_auto_class("AutoProcessor")
 
-__all__ = ["ILMConfig", "ILMForConditionalGeneration", "ILMForItemTextPretraining", "ILMPreTrainedModel", "ILMProcessor"]
+__all__ = [
+    "ILMConfig",
+    "ILMForConditionalGeneration",
+    "ILMForItemTextPretraining",
+    "ILMPreTrainedModel",
+    "ILMProcessor",
+    "TitleConstrainedLogitsProcessor",
+    "TitleTrie",
+    "title_constraint",
+]

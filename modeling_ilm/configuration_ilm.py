@@ -51,6 +51,14 @@ class ILMConfig(PreTrainedConfig):
         text_pooling (`str`):
             Text feature for ITC: `"mean"` over tokens (right for sentence encoders such as the default
             all-MiniLM-L6-v2) or `"cls"` (BLIP-2 with bert-base).
+        ranking_head (`bool`):
+            Adds `item_scorer`, a ranking head (as E4SRec does): it scores catalog items against the
+            frozen LLM's last hidden state through their item tokens, so one forward ranks the whole
+            catalog. Trained with a softmax over items beside the answer loss (`rank_labels`).
+        ranking_dim (`int`):
+            Width of the ranking head's query/key space.
+        ranking_loss_weight (`float`):
+            Weight of the ranking loss next to the answer (next-token) loss.
         text_decoder_bos_token_id (`int`):
             Q-Former vocabulary id that replaces [CLS] for item-grounded generation (BLIP-2's [DEC]).
     """
@@ -89,6 +97,9 @@ class ILMConfig(PreTrainedConfig):
     lora_config: dict | None = None
     contrastive_dim: int = 256
     phase1_loss_weights: dict | None = None
+    ranking_head: bool = False
+    ranking_dim: int = 256
+    ranking_loss_weight: float = 1.0
     text_decoder_bos_token_id: int = 2  # "[unused1]" in BERT vocabularies
     text_pooling: str = "mean"
     initializer_range: float = 0.02

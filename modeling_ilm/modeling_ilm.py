@@ -8,6 +8,7 @@ The layout follows transformers' BLIP-2 and LLaVA: the Q-Former layers are trans
 
 import copy
 import itertools
+import math
 from dataclasses import dataclass
 
 import torch
@@ -41,10 +42,51 @@ class ILMCausalLMOutputWithPast(CausalLMOutputWithPast):
         The LLM-space tokens of the items in the input (in order of appearance), when any were encoded.
     user_tokens (`torch.FloatTensor`, *optional*):
         The same for users.
+    rank_logits (`torch.FloatTensor` of shape `(batch_size, num_ranked_items)`, *optional*):
+        The ranking head's score of each ranked item for each row (`config.ranking_head`).
+    loss_lm / loss_rank (`torch.FloatTensor`, *optional*):
+        The answer (next-token) loss and the ranking loss; `loss` is their weighted sum.
     """
 
     item_tokens: torch.FloatTensor | None = None
     user_tokens: torch.FloatTensor | None = None
+    rank_logits: torch.FloatTensor | None = None
+    loss_lm: torch.FloatTensor | None = None
+    loss_rank: torch.FloatTensor | None = None
+
+
+class ILMItemScorer(nn.Module):
+    """The ranking head: the cosine of a query and an item's key, times a learned scale.
+
+    The query reads the frozen LLM's last hidden states: where the answer starts, and pooled over
+    the prompt's user tokens and over its item tokens (the LLM's contextual view of who asks and
+    what they consumed; the answer position alone barely varies between users of one template).
+    The key reads an item's tokens, the same ones the LLM reads, so the head ranks any item the
+    encoder can encode (the whole catalog in one forward) and its gradient trains the encoder too.
+    """
+
+    def __init__(self, config: ILMConfig):
+        super().__init__()
+        llm_hidden, dim = config.text_config.hidden_size, config.ranking_dim
+        self.query = nn.ModuleDict({
+            part: nn.Sequential(nn.LayerNorm(llm_hidden), nn.Linear(llm_hidden, dim)) for part in ("answer", "user", "item")
+        })
+        self.key = nn.Sequential(nn.LayerNorm(llm_hidden), nn.Linear(llm_hidden, dim))
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+
+    def queries(self, answer: torch.Tensor, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Each `(batch, llm_hidden)`: the answer position's state, the mean state over the user
+        tokens and over the item tokens (zeros where a prompt has none)."""
+        parts = {"answer": answer, "user": users, "item": items}
+        query = sum(self.query[name](value.to(self.logit_scale.dtype)) for name, value in parts.items())
+        return nn.functional.normalize(query, dim=-1)
+
+    def forward(self, queries: torch.Tensor, item_tokens: torch.Tensor) -> torch.Tensor:
+        """queries `(batch, ranking_dim)` from `queries()`; item_tokens `(num_items, Q, llm_hidden)`
+        shared by every row, or `(batch, num_items, Q, llm_hidden)` per row. Returns `(batch, num_items)`."""
+        keys = nn.functional.normalize(self.key(item_tokens.to(self.logit_scale.dtype).mean(-2)), dim=-1)
+        scores = queries @ keys.t() if keys.ndim == 2 else torch.einsum("bd,bnd->bn", queries, keys)
+        return self.logit_scale.clamp(max=math.log(100.0)).exp() * scores
 
 
 class ILMCFEmbeddings(nn.Module):
@@ -215,6 +257,8 @@ class ILMPreTrainedModel(PreTrainedModel):
             init.normal_(module.query_tokens, mean=0.0, std=self.config.initializer_range)
         elif isinstance(module, Blip2TextEmbeddings):
             init.copy_(module.position_ids, torch.arange(module.position_ids.shape[-1]).expand((1, -1)))
+        elif isinstance(module, ILMItemScorer):
+            init.constant_(module.logit_scale, math.log(1 / 0.07))
 
     def _build_item_encoder(self, config: ILMConfig):
         self.cf_embeddings = ILMCFEmbeddings(config)
@@ -259,6 +303,7 @@ class ILMForConditionalGeneration(ILMPreTrainedModel, GenerationMixin):
                 nn.GELU(),
                 nn.Linear(config.mlp_hidden_size, config.num_query_tokens * llm_hidden),
             )
+        self.item_scorer = ILMItemScorer(config) if config.ranking_head else None
         self.language_model = language_model or AutoModelForCausalLM.from_config(config.text_config)
         if config.lora_config:
             self.language_model = _with_lora(self.language_model, config.lora_config)
@@ -278,6 +323,18 @@ class ILMForConditionalGeneration(ILMPreTrainedModel, GenerationMixin):
         self.config.lora_config = lora_config
         self.language_model = _with_lora(self.language_model, lora_config)
         self.freeze_language_model()
+
+    def enable_ranking_head(self, ranking_dim: int | None = None, ranking_loss_weight: float | None = None):
+        """Adds the ranking head (`config.ranking_head`) to a model built without it, e.g. one
+        loaded from a phase-1 checkpoint. Saved and loaded with the model."""
+        if self.item_scorer is not None:
+            raise ValueError("This model already has a ranking head.")
+        self.config.ranking_head = True
+        self.config.ranking_dim = ranking_dim or self.config.ranking_dim
+        if ranking_loss_weight is not None:
+            self.config.ranking_loss_weight = ranking_loss_weight
+        self.item_scorer = ILMItemScorer(self.config).to(self.device)
+        self.item_scorer.apply(self._init_weights)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -370,6 +427,9 @@ class ILMForConditionalGeneration(ILMPreTrainedModel, GenerationMixin):
         user_tokens: torch.FloatTensor | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
+        rank_labels: torch.LongTensor | None = None,
+        rank_item_ids: torch.LongTensor | None = None,
+        rank_item_tokens: torch.FloatTensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
     ) -> ILMCausalLMOutputWithPast:
@@ -382,6 +442,15 @@ class ILMForConditionalGeneration(ILMPreTrainedModel, GenerationMixin):
             Precomputed tokens from `get_item_tokens` / `get_user_tokens`.
         labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`):
             Next-token targets; -100 is ignored, and placeholder positions are always ignored.
+        rank_labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+            CF-table row of the item each row should recommend (-100: none); trains the ranking head
+            with a softmax over the ranked items. Each must be among `rank_item_ids`.
+        rank_item_ids (`torch.LongTensor` of shape `(num_items,)` or `(batch_size, num_items)`, *optional*):
+            The items the ranking head scores (default: the whole catalog), shared or per row.
+        rank_item_tokens (`(num_items, Q, llm_hidden)` or `(batch_size, num_items, Q, llm_hidden)`, *optional*):
+            Their precomputed tokens instead (`get_item_tokens`).
+        The ranking head reads the LLM's last hidden state where the answer starts: before the first
+        label when `labels` are given, else at the last attended position (the generation prompt).
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
@@ -404,14 +473,82 @@ class ILMForConditionalGeneration(ILMPreTrainedModel, GenerationMixin):
         elif any(v is not None for v in (item_ids, user_ids, item_embeds, user_embeds, item_tokens, user_tokens)):
             raise ValueError("With `inputs_embeds`, scatter item tokens yourself; item/user inputs need `input_ids`.")
 
-        outputs = self.language_model(
+        rank = any(v is not None for v in (rank_labels, rank_item_ids, rank_item_tokens))
+        if rank and self.item_scorer is None:
+            raise ValueError("rank_* inputs need the ranking head: build with ranking_head=True or call enable_ranking_head().")
+        want_hidden = kwargs.pop("output_hidden_states", False)
+        outputs = dict(self.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             labels=labels,
             logits_to_keep=logits_to_keep,
+            output_hidden_states=want_hidden or rank,
             **kwargs,
-        )
+        ))
+        if rank:
+            outputs.update(self._rank(outputs["hidden_states"][-1], input_ids, attention_mask, labels, rank_labels, rank_item_ids, rank_item_tokens))
+            if not want_hidden:
+                outputs.pop("hidden_states")
+            if outputs.get("loss_rank") is not None:
+                outputs["loss_lm"] = outputs.get("loss")
+                weighted = self.config.ranking_loss_weight * outputs["loss_rank"]
+                outputs["loss"] = weighted if outputs["loss_lm"] is None else outputs["loss_lm"] + weighted
         return ILMCausalLMOutputWithPast(**outputs, item_tokens=new_item_tokens, user_tokens=new_user_tokens)
+
+    def _rank(self, hidden, input_ids, attention_mask, labels, rank_labels, rank_item_ids, rank_item_tokens) -> dict:
+        """Ranking-head scores (and loss, with `rank_labels`) for each row's prompt."""
+        batch, length = hidden.shape[:2]
+        positions = torch.full((batch,), length - 1, dtype=torch.long, device=hidden.device)
+        if attention_mask is not None:  # the last attended token, for left or right padding
+            positions = (attention_mask.to(hidden.device).long() * torch.arange(length, device=hidden.device)).argmax(-1)
+        if labels is not None:
+            answered = labels.to(hidden.device) != -100
+            first = answered.long().argmax(-1) - 1
+            positions = torch.where(answered.any(-1) & (first >= 0), first, positions)
+        answer = hidden[torch.arange(batch, device=hidden.device), positions]
+        pooled = []
+        for token_id in (self.config.user_token_id, self.config.item_token_id):
+            mask = (input_ids == token_id) if input_ids is not None and token_id is not None else torch.zeros(hidden.shape[:2], dtype=torch.bool)
+            mask = mask.to(hidden.device).unsqueeze(-1).to(hidden.dtype)
+            pooled.append((hidden * mask).sum(1) / mask.sum(1).clamp(min=1))
+        query = self.item_scorer.queries(answer, *pooled)
+        if rank_item_tokens is None:
+            if rank_item_ids is None:
+                rank_item_ids = torch.arange(self.config.num_items, device=self.device)
+            rank_item_ids = torch.as_tensor(rank_item_ids, device=self.device).long()
+            rank_item_tokens = self.get_item_tokens(item_ids=rank_item_ids.flatten()).unflatten(0, rank_item_ids.shape)
+        logits = self.item_scorer(query, rank_item_tokens)
+        if rank_labels is None:
+            return {"rank_logits": logits}
+        if rank_item_ids is None:
+            raise ValueError("rank_labels are catalog rows: pass `rank_item_ids` with `rank_item_tokens`.")
+        rank_labels = rank_labels.to(self.device)
+        ids = rank_item_ids if rank_item_ids.ndim == 2 else rank_item_ids.expand(batch, -1)
+        match = ids == rank_labels[:, None]
+        has = rank_labels != -100
+        if not match[has].any(-1).all():
+            raise ValueError("Every rank_label must be one of the rank_item_ids of its row.")
+        if not has.any():
+            return {"rank_logits": logits, "loss_rank": logits.sum() * 0.0}  # keeps every rank in step under DDP
+        loss = nn.functional.cross_entropy(logits[has], match[has].float().argmax(-1))
+        return {"rank_logits": logits, "loss_rank": loss}
+
+    def score_items(self, input_ids, attention_mask=None, item_ids=None, candidate_ids=None, candidate_tokens=None, **entity_inputs) -> torch.Tensor:
+        """Ranking-head scores `(batch_size, num_candidates)` for the prompts in `input_ids`
+        (ending with the generation prompt, as for `generate`).
+
+        candidate_ids: CF-table rows `(num_candidates,)` shared by every row or `(batch_size,
+        num_candidates)` per row; None scores the whole catalog. candidate_tokens: their
+        precomputed `get_item_tokens` instead. Other arguments as in `forward`.
+        """
+        if self.item_scorer is None:
+            raise ValueError("This model has no ranking head (config.ranking_head=False): rank by answer likelihood instead.")
+        if candidate_ids is None and candidate_tokens is None:
+            candidate_ids = torch.arange(self.config.num_items, device=self.device)
+        return self(
+            input_ids=input_ids, attention_mask=attention_mask, item_ids=item_ids,
+            rank_item_ids=candidate_ids, rank_item_tokens=candidate_tokens, logits_to_keep=1, **entity_inputs,
+        ).rank_logits
 
     def prepare_inputs_for_generation(self, *args, is_first_iteration=False, **kwargs):
         model_inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
@@ -778,4 +915,4 @@ def dequantized_copy(model: PreTrainedModel) -> PreTrainedModel:
     return plain.eval()
 
 
-__all__ = ["ILMPreTrainedModel", "ILMForConditionalGeneration", "ILMForItemTextPretraining", "ILMPretrainingOutput", "ILMQFormerEncoder", "ILMCFEmbeddings", "dequantized_copy"]
+__all__ = ["ILMPreTrainedModel", "ILMForConditionalGeneration", "ILMForItemTextPretraining", "ILMPretrainingOutput", "ILMQFormerEncoder", "ILMCFEmbeddings", "ILMItemScorer", "dequantized_copy"]

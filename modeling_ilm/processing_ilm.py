@@ -3,9 +3,13 @@
 Prompts are text or chat `messages` with `<item>` / `<user>` placeholders, one per entity, and
 the ids they refer to. Each placeholder is expanded to `num_query_tokens` copies (the model
 scatters that many item tokens there), and ids become rows of the model's CF tables.
+
+Items are rendered as tokens only (`item_rendering="tokens"`, the paper's rendering) or, as in
+LLaRA, as their catalog title followed by their tokens (`item_rendering="title+tokens"`).
 """
 
 import difflib
+import functools
 import re
 import unicodedata
 
@@ -21,6 +25,16 @@ def normalize_title(text: str) -> str:
     return " ".join(re.sub(r"[^a-z0-9]+", " ", text.lower()).split())
 
 
+ITEM_RENDERINGS = ("tokens", "title+tokens")
+
+
+def _check_item_rendering(value) -> str:
+    if value not in ITEM_RENDERINGS:
+        allowed = ", ".join(repr(v) for v in ITEM_RENDERINGS)
+        raise ValueError(f"item_rendering must be one of {allowed}, got {value!r}.")
+    return value
+
+
 class ILMProcessor(ProcessorMixin):
     r"""
     Args:
@@ -29,11 +43,28 @@ class ILMProcessor(ProcessorMixin):
             List order is the row order of the model's CF tables.
         num_query_tokens (`int`): tokens per item/user (the model config's `num_query_tokens`).
         item_token / user_token (`str`): the placeholders.
+        chat_template (`str`, *optional*): overrides the tokenizer's chat template.
+        item_rendering (`str`, *optional*, defaults to `"tokens"`): how each `<item>` whose id is given is shown
+            to the LLM. `"tokens"`: the item's `num_query_tokens` item tokens only (the paper's rendering).
+            `"title+tokens"`: its catalog title, a space, then its item tokens (hybrid rendering, as in LLaRA),
+            e.g. `"liked <item> ."` with `item_ids=["3"]` and `num_query_tokens=2` becomes
+            `"liked Heat (1995) <item><item> ."`. Saved with the processor; `__call__(..., item_rendering=...)`
+            overrides it for one call.
     """
 
     tokenizer_class = "AutoTokenizer"
 
-    def __init__(self, tokenizer=None, catalog=None, num_query_tokens=8, item_token="<item>", user_token="<user>", chat_template=None):
+    def __init__(
+        self,
+        tokenizer=None,
+        catalog=None,
+        num_query_tokens=8,
+        item_token="<item>",
+        user_token="<user>",
+        chat_template=None,
+        item_rendering="tokens",
+    ):
+        self.item_rendering = _check_item_rendering(item_rendering)
         self.catalog = catalog or {"items": [], "users": []}
         self.num_query_tokens = num_query_tokens
         self.item_token, self.user_token = item_token, user_token
@@ -55,13 +86,15 @@ class ILMProcessor(ProcessorMixin):
             self._titles.setdefault(normalize_title(entry.get("title", "")), entry["item_id"])
 
     @classmethod
-    def from_components(cls, tokenizer_name_or_path, catalog=None, num_query_tokens=8, tokenizer_kwargs=None, **kwargs):
+    def from_components(
+        cls, tokenizer_name_or_path, catalog=None, num_query_tokens=8, tokenizer_kwargs=None, item_rendering="tokens", **kwargs
+    ):
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_name_or_path, **(tokenizer_kwargs or {}))
         item_token, user_token = kwargs.get("item_token", "<item>"), kwargs.get("user_token", "<user>")
         tokenizer.add_special_tokens({"additional_special_tokens": [item_token, user_token]})
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
-        return cls(tokenizer, catalog=catalog, num_query_tokens=num_query_tokens, **kwargs)
+        return cls(tokenizer, catalog=catalog, num_query_tokens=num_query_tokens, item_rendering=item_rendering, **kwargs)
 
     # --- ids ---------------------------------------------------------------------------------------
 
@@ -106,6 +139,7 @@ class ILMProcessor(ProcessorMixin):
         return_labels: bool = False,
         padding_side: str = "left",
         return_tensors: str = "pt",
+        item_rendering: str | None = None,
         **tokenizer_kwargs,
     ) -> BatchFeature:
         """Tokenizes one example or a batch.
@@ -114,7 +148,9 @@ class ILMProcessor(ProcessorMixin):
         or a list of chats; the LLM's chat template is applied. `item_ids` / `user_ids`: the ids
         each example's placeholders refer to, in order (a list, or a list of lists for a batch).
         `return_labels`: labels on assistant turns only (chat input), -100 elsewhere.
+        `item_rendering`: `"tokens"` or `"title+tokens"` for this call; None uses the processor's setting.
         """
+        item_rendering = _check_item_rendering(self.item_rendering if item_rendering is None else item_rendering)
         if (text is None) == (messages is None):
             raise ValueError("Pass exactly one of `text` or `messages`.")
         batched = isinstance(text, (list, tuple)) if text is not None else bool(messages) and isinstance(messages[0], (list, tuple))
@@ -130,14 +166,17 @@ class ILMProcessor(ProcessorMixin):
             entity_ids[kind] = [self.rows(row, kind) for row in ids]
 
         prompts, spans = [], []
-        for example in examples:
+        for i, example in enumerate(examples):
+            titled = None
+            if item_rendering == "title+tokens":
+                titled = functools.partial(self._insert_titles, rows=entity_ids["item"][i], example=i)
             if text is not None:
                 if not isinstance(example, str):
                     raise TypeError(f"`text` must be a string or a list of strings, got {type(example).__name__}.")
-                prompts.append(self._expand(example))
+                prompts.append(self._expand(titled(example) if titled else example))
                 spans.append([])
             else:
-                prompt, example_spans = self._render_chat(example, add_generation_prompt, return_labels)
+                prompt, example_spans = self._render_chat(example, add_generation_prompt, return_labels, titled)
                 prompts.append(prompt)
                 spans.append(example_spans)
         for i, prompt in enumerate(prompts):
@@ -171,16 +210,41 @@ class ILMProcessor(ProcessorMixin):
             prompt = prompt.replace(token, token * self.num_query_tokens)
         return prompt
 
-    def _render_chat(self, messages, add_generation_prompt, return_labels):
-        """Applies the chat template; with labels, also the character spans of assistant turns."""
+    def _insert_titles(self, prompt: str, rows: list[int], example: int) -> str:
+        """Puts each item's title and a space before its placeholder, the k-th placeholder taking the
+        k-th row. A prompt may hold fewer placeholders than rows (a chat prefix); never more."""
+        pieces = prompt.split(self.item_token)
+        if len(pieces) - 1 > len(rows):
+            raise ValueError(f"Example {example} has {len(pieces) - 1} {self.item_token} placeholders but {len(rows)} item_ids.")
+        out = [pieces[0]]
+        for row, piece in zip(rows, pieces[1:]):
+            entry = self.catalog["items"][row]
+            title = entry.get("title")
+            if not isinstance(title, str) or not title.strip():
+                raise ValueError(
+                    f"Item {entry.get('item_id')!r} has no title in the catalog; item_rendering='title+tokens' needs one."
+                )
+            for token in (self.item_token, self.user_token):
+                if token in title:
+                    raise ValueError(
+                        f"The title of item {entry.get('item_id')!r} ({title!r}) contains the placeholder {token!r}; "
+                        "with item_rendering='title+tokens' it would create an extra placeholder."
+                    )
+            out.append(f"{title} {self.item_token}{piece}")
+        return "".join(out)
+
+    def _render_chat(self, messages, add_generation_prompt, return_labels, titled=None):
+        """Applies the chat template (then `titled`, which inserts item titles, if given); with labels,
+        also the character spans of assistant turns."""
         for message in messages:
             if not isinstance(message, dict) or not {"role", "content"} <= set(message):
                 raise ValueError(f"Each message must be a dict with 'role' and 'content', got {message!r}.")
 
         def render(chat, generation_prompt):
-            return self._expand(self.tokenizer.apply_chat_template(
+            prompt = self.tokenizer.apply_chat_template(
                 chat, tokenize=False, add_generation_prompt=generation_prompt, chat_template=self.chat_template
-            ))
+            )
+            return self._expand(titled(prompt) if titled else prompt)
 
         if not return_labels:
             return render(messages, add_generation_prompt), []
@@ -212,6 +276,14 @@ class ILMProcessor(ProcessorMixin):
 
     def decode(self, sequence, skip_special_tokens=True, **kwargs):
         return self.tokenizer.decode(sequence, skip_special_tokens=skip_special_tokens, **kwargs)
+
+    def title_constraint(self, input_ids, candidates=None):
+        """A `logits_processor` for `model.generate` that lets answers be only catalog titles
+        (`candidates=None`) or, per row, the titles of that row's candidate item ids, each followed
+        by the end-of-turn token: every answer then names a real item (see `constrained_decoding`)."""
+        from .constrained_decoding import title_constraint
+
+        return title_constraint(self, input_ids, candidates)
 
     def match_item(self, text: str, candidates=None, cutoff: float = 0.9) -> str | None:
         """Maps a generated title to a catalog item id (exact after normalisation, else the closest

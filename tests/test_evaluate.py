@@ -1,7 +1,11 @@
 """Evaluation harness (training/evaluate) on a tiny synthetic data build and a tiny random ILM."""
 
+import copy
+import dataclasses
 import json
+import logging
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -16,20 +20,30 @@ from modeling_ilm import ILMForConditionalGeneration, ILMProcessor
 from training.data import DataValidationError, build_dataset
 from training.data.templates import ITEM_PLACEHOLDER, USER_PLACEHOLDER
 from training.evaluate import evaluate_baselines, evaluate_model, load_protocol, merge_results, to_markdown, write_report
+from training.evaluate import cache
 from training.evaluate.__main__ import main as cli_main
 from training.evaluate.alignment import SentenceEmbedder, alignment_section, first_year, load_alignment_rows
 from training.evaluate.baselines import als_scorer, popularity_scorer
-from training.evaluate.lm import ChatModel, match_answer
+from training.evaluate.harness import LLM_SECTIONS, SECTIONS, llm_sections
+from training.evaluate.lm import ChatModel, content_free_prompt, match_answer
 from training.evaluate.metrics import bootstrap_ci, per_example, summarize
 from training.evaluate.preservation import max_logit_difference
 from training.evaluate.prompts import CANDIDATE_TEMPLATE, as_text, recommendation_prompt, text_processor
 from training.evaluate.protocol import display_order, select_users
-from training.evaluate.recommendation import generation_section, likelihood_scorer, ranking_section
+from training.evaluate.recommendation import LikelihoodScores, generation_section, likelihood_scorer, ranking_section
 
 # titles made of words of the tiny tokenizer, so every title tokenizes differently
 TITLES = ["toy story", "heat", "casino", "babe", "jumanji", "sabrina", "hello world", "my name", "comedy", "drama", "a movie", "the title"]
 NUM_USERS, PER_USER, NUM_CANDIDATES = 6, 7, 5
 QUERIES = 2
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path, monkeypatch):
+    """The text baseline's disk cache of every test lives in the test's own folder, never in ~/.cache."""
+    folder = tmp_path / "ilm-cache"
+    monkeypatch.setenv("ILM_CACHE_DIR", str(folder))
+    return folder
 
 
 @pytest.fixture(scope="module")
@@ -243,6 +257,67 @@ def test_cached_likelihood_equals_full_forward_and_ignores_order(ilm, protocol):
     np.testing.assert_allclose(mean, scores / [len(chat.answer_ids(t)) for t in titles], rtol=1e-5)
 
 
+def test_mean_and_calibrated_scores_by_hand(ilm, protocol):
+    model, processor = ilm
+    chat = ChatModel(model, processor, answer_chunk=3)
+    u = protocol.users[1]
+    candidates = protocol.candidates[u]
+    prompt = recommendation_prompt(protocol, u, CANDIDATE_TEMPLATE, with_candidates=True)
+    titles = [protocol.titles[c] for c in candidates]
+    sums, lengths = chat.score_parts(prompt, titles)
+    reference = np.array([full_forward_loglik(model, processor, prompt, t) for t in titles])
+    np.testing.assert_allclose(sums, reference, rtol=1e-4, atol=1e-4)
+    # an answer's tokens are its words plus the end-of-turn token: "toy story<|im_end|>" is 3 tokens
+    assert lengths.tolist() == [len(t.split()) + 1 for t in titles] == [len(chat.answer_ids(t)) for t in titles]
+    np.testing.assert_allclose(chat.score(prompt, titles), sums)
+    # the content-free prompt names no item: "Recommend a movie." in the same chat template
+    free = content_free_prompt(protocol.noun)
+    assert protocol.noun == "movie" and free.messages == [{"role": "user", "content": "Recommend a movie."}]
+    assert free.item_ids == [] and free.user_ids == [] and content_free_prompt("item").messages[0]["content"] == "Recommend an item."
+    prior = np.array([full_forward_loglik(model, processor, free, t) for t in titles])
+    scores = LikelihoodScores(chat, protocol)
+    np.testing.assert_allclose(scores.sum(u, candidates), reference, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(scores.mean(u, candidates), reference / lengths, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(scores.calibrated(u, candidates), reference - prior, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(scores.reduced(u, candidates), scores.sum(u, candidates))
+    # memoised per ChatModel: every candidate title of the protocol was scored once
+    every = {protocol.titles[c] for v in protocol.users for c in protocol.candidates[v]}
+    assert set(chat._content_free) == {(protocol.noun, t) for t in every}
+    # without item tokens the ILM reads the content-free prompt as its frozen LLM does
+    text_chat = ChatModel(model.language_model, text_processor(processor.tokenizer, protocol.catalog), as_text=True)
+    np.testing.assert_allclose(text_chat.content_free_scores(titles, protocol.noun), prior, rtol=1e-4, atol=1e-4)
+
+
+def test_three_likelihood_rankings_cost_one_scoring_pass(ilm, protocol, monkeypatch):
+    model, processor = ilm
+    calls = []
+    score_parts = ChatModel.score_parts
+
+    def counting(self, prompt, answers):
+        calls.append(prompt.messages[0]["content"])
+        return score_parts(self, prompt, answers)
+
+    monkeypatch.setattr(ChatModel, "score_parts", counting)
+    chat = ChatModel(model, processor)
+    rankings = ("ranking", "ranking_mean", "ranking_calibrated")
+    out = llm_sections(chat, protocol, rankings, "tiny", bootstrap=50)
+    assert len(calls) == len(protocol.users) + 1  # one pass per user, one content-free pass for every title
+    assert set(out) == set(rankings)
+    for section in rankings:
+        assert set(out[section]) == {"hr@1", "ndcg@5"}
+        check_metric(out[section]["hr@1"])
+        check_metric(out[section]["ndcg@5"])
+    assert out["ranking"] == ranking_section(likelihood_scorer(chat, protocol), protocol, n_boot=50)  # unchanged values
+    calls.clear()
+    assert llm_sections(chat, protocol, rankings, "tiny", bootstrap=50) == out
+    assert len(calls) == len(protocol.users)  # the content-free scores are memoised
+    # reduce="mean": the "ranking" section is the mean, as before
+    mean_chat = ChatModel(model, processor, reduce="mean")
+    by_mean = llm_sections(mean_chat, protocol, ("ranking", "ranking_mean"), "tiny", bootstrap=50)
+    assert by_mean["ranking"] == by_mean["ranking_mean"] == out["ranking_mean"]
+    assert {"ranking_mean", "ranking_calibrated"} <= set(SECTIONS) & set(LLM_SECTIONS)
+
+
 def test_ranking_invariant_to_candidate_file_order(ilm, data_dir, protocol, tmp_path):
     model, processor = ilm
     chat = ChatModel(model, processor)
@@ -371,6 +446,8 @@ def test_preservation_detects_a_changed_llm(ilm, tiny_components):
 
 SCHEMA = {
     "ranking": {"hr@1", "ndcg@5"},
+    "ranking_mean": {"hr@1", "ndcg@5"},
+    "ranking_calibrated": {"hr@1", "ndcg@5"},
     "generation": {"valid_ratio", "hr@1", "hr@1_valid"},
     "full_catalog": {"exact_title_hit", "hr@10", "ndcg@10"},
 }
@@ -406,7 +483,7 @@ def test_evaluate_model_and_baselines_write_one_report(ilm, data_dir, sentence_m
     baselines = evaluate_baselines(data_dir, llm=llm, tokenizer=processor.tokenizer, **common)
     assert baselines["protocol"] == protocol
     assert set(baselines["models"]["pop"]) == set(baselines["models"]["als"]) == {"ranking", "timing_s"}
-    assert set(baselines["models"]["text"]) == {"ranking", "generation", "full_catalog", "timing_s"}
+    assert set(baselines["models"]["text"]) == {*SCHEMA, "timing_s"}
     assert set(baselines["models"]["text"]["full_catalog"]) == {"exact_title_hit"}  # no --full-catalog here
 
     merged = merge_results([results, baselines])
@@ -417,6 +494,9 @@ def test_evaluate_model_and_baselines_write_one_report(ilm, data_dir, sentence_m
     value = got["ranking"]["hr@1"]
     assert f"| tiny-ilm | {value['value']:.3f} [{value['ci95'][0]:.3f}, {value['ci95'][1]:.3f}]" in markdown
     assert "| pop |" in markdown and "| text |" in markdown and "4 users" in markdown
+    for header in ("HR@1 (ranking, mean)", "NDCG@5 (ranking, mean)", "HR@1 (ranking, calibrated)", "NDCG@5 (ranking, calibrated)"):
+        assert header in markdown
+    assert "ranking head" not in markdown.split("**Protocol**")[0]  # the tiny ILM has no ranking head: no empty columns
     with pytest.raises(ValueError, match="in two results"):
         merge_results([results, results])
     # sections of one model evaluated in separate runs come together
@@ -427,6 +507,132 @@ def test_evaluate_model_and_baselines_write_one_report(ilm, data_dir, sentence_m
     other["protocol"]["seed"] = 1
     with pytest.raises(ValueError, match="different protocols"):
         merge_results([results, other])
+
+
+def test_report_has_calibrated_and_ranking_head_columns():
+    value = {"value": 0.5, "ci95": [0.25, 0.75]}
+    results = {
+        "protocol": {"name": "5-candidate", "num_candidates": 5, "split": "test", "users": 2, "candidates_file": "c.json",
+                     "history_len": 10, "bootstrap": 100, "seed": 0},
+        "models": {"ilm": {
+            "ranking": {"hr@1": value, "ndcg@5": value},
+            "ranking_calibrated": {"hr@1": {"value": 0.125, "ci95": None}, "ndcg@5": value},
+            "ranking_head": {"hr@1": value, "ndcg@5": value, "full_catalog_hr@10": {"value": 0.875, "ci95": None},
+                             "full_catalog_ndcg@10": value},
+        }},
+    }
+    markdown = to_markdown(results)
+    header = next(line for line in markdown.splitlines() if line.startswith("| model |"))
+    assert header == ("| model | HR@1 (ranking) | NDCG@5 (ranking) | HR@1 (ranking, calibrated) | NDCG@5 (ranking, calibrated) "
+                      "| HR@1 (ranking head) | NDCG@5 (ranking head) | HR@10 (ranking head, full catalog) |")
+    assert "| 0.125 |" in markdown and "| 0.875 |" in markdown and "(ranking, mean)" not in markdown
+    for explained in ("*ranking, mean*", "*ranking, calibrated*", "*ranking head*", "`Recommend a {noun}.`"):
+        assert explained in markdown
+
+
+# --------------------------------------------------------------------------------------------- text baseline cache
+
+
+class ModelCalls:
+    """Counts ChatModel.score_parts / generate calls, or (strict) fails on any."""
+
+    def __init__(self, monkeypatch):
+        self.monkeypatch, self.count, self.strict = monkeypatch, 0, False
+        for name in ("score_parts", "generate"):
+            original = getattr(ChatModel, name)
+            monkeypatch.setattr(ChatModel, name, self.wrap(original))
+
+    def wrap(self, original):
+        def method(chat_model, *args, **kwargs):
+            if self.strict:
+                raise AssertionError("the model ran although the result is cached")
+            self.count += 1
+            return original(chat_model, *args, **kwargs)
+
+        return method
+
+    def run(self, fn, *args, **kwargs):
+        """(result, whether the model ran)."""
+        before = self.count
+        result = fn(*args, **kwargs)
+        return result, self.count > before
+
+
+def test_text_baseline_cache_hits_and_misses(ilm, tiny_components, data_dir, protocol, tmp_path, monkeypatch, caplog):
+    _, processor = ilm
+    llm = AutoModelForCausalLM.from_pretrained(tiny_components["llm"]).eval()
+    folder = tmp_path / "cache"
+    common = dict(baselines=["text"], tokenizer=processor.tokenizer, users=3, bootstrap=20, max_new_tokens=2,
+                  sections=("ranking", "ranking_calibrated", "generation"), cache_dir=folder)
+    calls = ModelCalls(monkeypatch)
+    first, ran = calls.run(evaluate_baselines, data_dir, llm=llm, **common)
+    assert ran and set(first["models"]["text"]) == {"ranking", "ranking_calibrated", "generation", "timing_s"}
+    assert len(list(folder.glob("*.json"))) == 1 and not list(folder.glob("*.tmp"))
+    entry = json.loads(next(folder.glob("*.json")).read_text())
+    assert entry["cache_version"] == cache.CACHE_VERSION and entry["result"] == first["models"]["text"]
+
+    # the same LLM (another copy of the weights), data and protocol: the stored result, the model not run
+    calls.strict = True
+    with caplog.at_level(logging.INFO, logger="training.evaluate"):
+        second = evaluate_baselines(data_dir, llm=AutoModelForCausalLM.from_pretrained(tiny_components["llm"]).eval(), **common)
+    assert second == first and "text baseline: cached (key" in caplog.text
+    calls.strict = False
+
+    def misses(**changes):
+        options = common | {"llm": llm} | changes
+        result, ran = calls.run(evaluate_baselines, data_dir, **options)
+        again, ran_again = calls.run(evaluate_baselines, data_dir, **options)
+        assert not ran_again and again == result  # stored under its own key
+        return ran
+
+    changed = copy.deepcopy(llm)
+    with torch.no_grad():
+        changed.lm_head.weight[3, 0] += 1e-3  # one parameter of the LLM
+    assert misses(llm=changed)
+    assert misses(users=2) and misses(history_len=5)  # the protocol
+    catalog = copy.deepcopy(protocol.catalog)
+    catalog["items"][-1]["title"] = "the title drama"  # one catalog title
+    assert misses(protocol=dataclasses.replace(load_protocol(data_dir, users=3), catalog=catalog))
+    # the candidates file's contents (the same sets in another order: the same candidates are shown)
+    rows = json.loads((data_dir / "candidates" / "test.json").read_text())
+    path = tmp_path / "candidates.json"
+    path.write_text(json.dumps(rows))
+    assert misses(candidates_file=path)  # another path (protocol.describe names it)
+    path.write_text(json.dumps({u: [c[0], *c[1:][::-1]] for u, c in rows.items()}))
+    assert misses(candidates_file=path)  # the same path, other contents
+    assert len(list(folder.glob("*.json"))) == 7
+
+    # cache_dir=False: always computed, nothing written
+    result, ran = calls.run(evaluate_baselines, data_dir, llm=llm, **common | {"cache_dir": False})
+    assert ran and result["models"]["text"] == first["models"]["text"] | {"timing_s": result["models"]["text"]["timing_s"]}
+    assert len(list(folder.glob("*.json"))) == 7
+
+
+def test_cache_folder_from_env(ilm, tiny_components, data_dir, tmp_path, monkeypatch, isolated_cache):
+    monkeypatch.delenv("ILM_CACHE_DIR")
+    monkeypatch.delenv("ILM_CACHE", raising=False)
+    assert cache.cache_folder() == cache.cache_folder(True) == Path("~/.cache/ilm/baselines").expanduser()
+    monkeypatch.setenv("ILM_CACHE", str(tmp_path / "root"))  # the project's cache root (training.assets)
+    assert cache.cache_folder() == tmp_path / "root" / "baselines"
+    assert cache.cache_folder(False) is None and cache.cache_folder(tmp_path / "x") == tmp_path / "x"
+    env = tmp_path / "from-env"
+    monkeypatch.setenv("ILM_CACHE_DIR", str(env))
+    assert cache.cache_folder() == env
+    _, processor = ilm
+    llm = AutoModelForCausalLM.from_pretrained(tiny_components["llm"]).eval()
+    common = dict(baselines=["pop", "text"], llm=llm, tokenizer=processor.tokenizer, users=2, bootstrap=0, sections=("ranking",))
+    calls = ModelCalls(monkeypatch)
+    first, ran = calls.run(evaluate_baselines, data_dir, **common)
+    assert ran and len(list(env.glob("*.json"))) == 1 and not isolated_cache.exists()
+    second, ran = calls.run(evaluate_baselines, data_dir, **common)
+    assert not ran and second["models"]["text"] == first["models"]["text"]
+    assert second["models"]["pop"]["ranking"] == first["models"]["pop"]["ranking"]  # popularity is never cached
+    # an unreadable cache file is a miss, then rewritten
+    stored = next(env.glob("*.json"))
+    stored.write_text("{truncated")
+    third, ran = calls.run(evaluate_baselines, data_dir, **common)
+    assert ran and third["models"]["text"]["ranking"] == first["models"]["text"]["ranking"]
+    assert json.loads(stored.read_text())["result"]["ranking"] == first["models"]["text"]["ranking"]
 
 
 def test_cli_end_to_end_and_merge(ilm, data_dir, sentence_model, tmp_path, capsys):

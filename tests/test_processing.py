@@ -84,3 +84,126 @@ def test_titles_map_back_to_catalog_ids(processor):
     assert processor.match_item("The Godfather") is None
     assert processor.match_item("Heat (1995)", candidates=["1", "2"]) is None
     assert processor.match_item("Heat (1995)", candidates=["1", "3"]) == "3"
+
+
+# --- hybrid item rendering (title + item tokens, as in LLaRA) ------------------------------------------
+
+HYBRID_CHAT = [{"role": "user", "content": "user <user> liked <item> and <item> . recommend a comedy"}]
+WORD_CATALOG = {  # titles made of words in the tiny vocabulary, so they decode back verbatim
+    "items": [{"item_id": "1", "title": "toy story 1995"}, {"item_id": "2", "title": "heat 1995"}, {"item_id": "3", "title": "casino"}],
+    "users": CATALOG["users"],
+}
+
+
+@pytest.fixture(scope="module")
+def hybrid(tiny_components):
+    return ILMProcessor.from_components(tiny_components["llm"], catalog=CATALOG, num_query_tokens=QUERIES, item_rendering="title+tokens")
+
+
+def title_ids(processor, item_id):
+    return processor.tokenizer(processor.item(item_id)["title"], add_special_tokens=False)["input_ids"]
+
+
+def placeholder_runs(ids, token_id):
+    """Start index of each run of `token_id` in a 1-D id list."""
+    return [i for i, t in enumerate(ids) if t == token_id and (i == 0 or ids[i - 1] != token_id)]
+
+
+def test_hybrid_rendering_puts_each_title_right_before_its_item_tokens(processor, hybrid):
+    batch_ids = [["3", "1"], ["5"]]
+    chats = [HYBRID_CHAT, [{"role": "user", "content": "what movie is <item> ?"}]]
+    out = hybrid(messages=chats, item_ids=batch_ids, user_ids=[["2"], []])
+    plain = processor(messages=chats, item_ids=batch_ids, user_ids=[["2"], []])
+    assert torch.equal(out["item_ids"], plain["item_ids"]) and torch.equal(out["user_ids"], plain["user_ids"])
+    for row, ids in enumerate(batch_ids):
+        tokens = out["input_ids"][row][out["attention_mask"][row].bool()].tolist()
+        assert tokens.count(hybrid.item_token_id) == QUERIES * len(ids)
+        runs = placeholder_runs(tokens, hybrid.item_token_id)
+        assert len(runs) == len(ids)
+        for start, item_id in zip(runs, ids):  # in placeholder order, each item's own title
+            title = title_ids(hybrid, item_id)
+            assert tokens[start - len(title) : start] == title
+            assert tokens[start : start + QUERIES] == [hybrid.item_token_id] * QUERIES
+    # Same through `text=` with titles the tiny vocabulary can spell: the decoded prompt shows them.
+    words = ILMProcessor(hybrid.tokenizer, catalog=WORD_CATALOG, num_query_tokens=QUERIES, item_rendering="title+tokens")
+    out = words(text="liked <item> and <item> .", item_ids=["2", "1"])
+    decoded = words.decode(out["input_ids"][0], skip_special_tokens=False)
+    run = " ".join(["<item>"] * QUERIES)
+    assert decoded == f"liked heat 1995 {run} and toy story 1995 {run} ."
+    assert out["item_ids"].tolist() == [[1, 0]]
+
+
+def test_default_rendering_is_tokens_only_and_unchanged(processor, tiny_components):
+    assert processor.item_rendering == "tokens"
+    explicit = ILMProcessor.from_components(tiny_components["llm"], catalog=CATALOG, num_query_tokens=QUERIES, item_rendering="tokens")
+    chat = HYBRID_CHAT + [{"role": "assistant", "content": "heat"}]
+    for kwargs in (
+        {"messages": chat, "item_ids": ["3", "1"], "user_ids": ["2"], "return_labels": True, "add_generation_prompt": False},
+        {"text": ["what movie is <item> ?", "<item> <item>"], "item_ids": [["3"], ["1", "2"]]},
+    ):
+        a, b = processor(**kwargs), explicit(**kwargs)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # Pinned to the pure-token prompt: placeholders expanded in place, nothing inserted.
+    out = processor(text="what movie is <item> ?", item_ids=["3"])
+    expected = processor.tokenizer("what movie is " + "<item>" * QUERIES + " ?", add_special_tokens=False, return_tensors="pt")
+    assert torch.equal(out["input_ids"], expected["input_ids"])
+    ids = out["input_ids"][0].tolist()
+    title = title_ids(processor, "3")
+    assert not any(ids[i : i + len(title)] == title for i in range(len(ids)))
+
+
+def test_item_rendering_is_saved_reloaded_overridable_and_validated(processor, hybrid, tmp_path):
+    hybrid.save_pretrained(tmp_path)
+    assert '"item_rendering": "title+tokens"' in (tmp_path / "processor_config.json").read_text()
+    chat = HYBRID_CHAT
+    expected = hybrid(messages=chat, item_ids=["3", "1"], user_ids=["2"])
+    for loaded in (ILMProcessor.from_pretrained(tmp_path), AutoProcessor.from_pretrained(tmp_path, trust_remote_code=True)):
+        assert loaded.item_rendering == "title+tokens"
+        again = loaded(messages=chat, item_ids=["3", "1"], user_ids=["2"])
+        assert all(torch.equal(again[k], expected[k]) for k in expected)
+    processor.save_pretrained(tmp_path / "plain")
+    assert ILMProcessor.from_pretrained(tmp_path / "plain").item_rendering == "tokens"
+    # Per-call override, both ways; None means the processor's own setting.
+    plain = processor(messages=chat, item_ids=["3", "1"], user_ids=["2"])
+    overridden = processor(messages=chat, item_ids=["3", "1"], user_ids=["2"], item_rendering="title+tokens")
+    assert torch.equal(overridden["input_ids"], expected["input_ids"])
+    assert torch.equal(hybrid(messages=chat, item_ids=["3", "1"], user_ids=["2"], item_rendering="tokens")["input_ids"], plain["input_ids"])
+    assert torch.equal(hybrid(messages=chat, item_ids=["3", "1"], user_ids=["2"], item_rendering=None)["input_ids"], expected["input_ids"])
+    assert processor.item_rendering == "tokens" and hybrid.item_rendering == "title+tokens"  # calls don't mutate
+    with pytest.raises(ValueError, match=r"item_rendering must be one of 'tokens', 'title\+tokens', got 'title'"):
+        ILMProcessor(processor.tokenizer, catalog=CATALOG, item_rendering="title")
+    with pytest.raises(ValueError, match="item_rendering must be one of"):
+        processor(text="what movie is <item> ?", item_ids=["3"], item_rendering="titles")
+
+
+def test_hybrid_labels_cover_assistant_turns_only(hybrid):
+    chat = [
+        {"role": "user", "content": "liked <item> . recommend a comedy"},
+        {"role": "assistant", "content": "babe"},
+        {"role": "user", "content": "and <item> ? a drama"},
+        {"role": "assistant", "content": "heat"},
+    ]
+    out = hybrid(messages=chat, item_ids=["1", "3"], return_labels=True, add_generation_prompt=False, padding_side="right")
+    ids, labels = out["input_ids"][0].tolist(), out["labels"][0].tolist()
+    labelled = hybrid.tokenizer.convert_ids_to_tokens([t for t, l in zip(ids, labels) if l != -100])
+    assert labelled == ["babe", "<|im_end|>", "heat", "<|im_end|>"]
+    runs = placeholder_runs(ids, hybrid.item_token_id)
+    for start, item_id in zip(runs, ["1", "3"], strict=True):  # title tokens sit in user turns: unlabelled
+        title = title_ids(hybrid, item_id)
+        assert ids[start - len(title) : start] == title
+        assert all(l == -100 for l in labels[start - len(title) : start + QUERIES])
+
+
+def test_hybrid_titles_never_add_placeholders(processor):
+    bad = {"items": [{"item_id": "1", "title": "the <item> movie"}, {"item_id": "2", "title": "a <user> story"}, {"item_id": "3"}], "users": []}
+    tricky = ILMProcessor(processor.tokenizer, catalog=bad, num_query_tokens=QUERIES, item_rendering="title+tokens")
+    for item_id, message in (("1", "contains the placeholder '<item>'"), ("2", "contains the placeholder '<user>'"), ("3", "has no title")):
+        with pytest.raises(ValueError, match=message):
+            tricky(text="liked <item> .", item_ids=[item_id])
+        with pytest.raises(ValueError, match=message):
+            tricky(messages=[{"role": "user", "content": "liked <item> ."}], item_ids=[item_id])
+        tricky(text="liked <item> .", item_ids=[item_id], item_rendering="tokens")  # tokens-only never reads titles
+    with pytest.raises(ValueError, match="2 <item> placeholders but 1 item_ids"):
+        processor(text="<item> and <item>", item_ids=["1"], item_rendering="title+tokens")
+    with pytest.raises(ValueError, match="1 <item> placeholders but 2 item_ids"):
+        processor(text="<item>", item_ids=["1", "2"], item_rendering="title+tokens")

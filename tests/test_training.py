@@ -134,3 +134,22 @@ def test_phase2_rejects_a_query_count_mismatch(tiny_components, data_dir, phase1
     config = FinetuneConfig(data_dir=str(data_dir), output_dir=str(tmp_path), init=str(phase1_dir / "final"), llm=tiny_components["llm"], num_query_tokens=3)
     with pytest.raises(ValueError, match="num_query_tokens=2"):
         finetune(config)
+
+
+def test_phase2_with_ranking_head_logs_its_loss_and_learning_curve_and_saves_the_head(tiny_components, data_dir, phase1_dir, tmp_path):
+    config = FinetuneConfig(
+        data_dir=str(data_dir), output_dir=str(tmp_path), init=str(phase1_dir / "final"), llm=tiny_components["llm"],
+        num_query_tokens=2, num_cf_tokens=2, num_train_examples=32, batch_size=4, max_steps=4, logging_steps=1, save_steps=2,
+        learning_rate=1e-3, ranking_head=True, ranking_negatives=8, task_weights={"next_item_title": 1, "item_title": 1},
+        curve_steps=2, curve_users=5, item_rendering="title+tokens",
+    )
+    summary = finetune(config)
+    history = summary["log_history"]
+    assert [e["step"] for e in history if "eval_validation_hr@1_head" in e] == [0, 2, 4]
+    assert all(0.0 <= e["eval_validation_hr@1_head"] <= 1.0 for e in history if "eval_validation_hr@1_head" in e)
+    assert any(e.get("loss_rank", 0) > 0 for e in history)  # next-item rows train the head
+    model = AutoModel.from_pretrained(tmp_path / "model")
+    assert model.config.ranking_head and model.item_scorer is not None
+    from modeling_ilm import ILMProcessor
+
+    assert ILMProcessor.from_pretrained(tmp_path / "model").item_rendering == "title+tokens"

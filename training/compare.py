@@ -32,7 +32,7 @@ def run_phase1(settings, out):
         folder = phase1_dir(out, variant, main_variant)
         if not (folder / "phase1_results.json").exists():
             values = {**settings["pretrain"], "variant": variant, "data_dir": str(out / "data"), "output_dir": str(folder)}
-            pretrain(load_config(PretrainConfig, None, [f"{k}={v}" for k, v in values.items()]))
+            pretrain(load_config(PretrainConfig, values))
         rows[variant] = json.loads((folder / "phase1_results.json").read_text())
     first = next(iter(rows.values()))
     lines = [
@@ -65,7 +65,7 @@ def run_phase2(settings, out):
         folder = out / "variants" / f"phase2-{slug}"
         if not (folder / "phase2_results.json").exists():
             values = {**settings["finetune"], **extra, "name": name, "data_dir": str(out / "data"), "output_dir": str(folder)}
-            finetune(load_config(FinetuneConfig, None, [f"{k}={v}" for k, v in values.items()]))
+            finetune(load_config(FinetuneConfig, values))
         eval_settings = {**settings.get("evaluate", {}), "baselines": []}
         results.append(evaluate_stage(eval_settings, folder / "model", out / "data", folder / "eval", name))
     merged = merge_results(results)

@@ -9,11 +9,14 @@ import yaml
 
 
 def load_config(cls, path=None, overrides=(), section=None):
-    """Builds `cls` (a dataclass) from a YAML/JSON file and `key=value` overrides (values in YAML syntax).
+    """Builds `cls` (a dataclass) from a YAML/JSON file (or a dict of fields) and `key=value` overrides
+    (values in YAML syntax).
 
     A preset file with sections (`pretrain:`, `finetune:`, ...) gives the `section` one.
     """
     values = {}
+    if isinstance(path, dict):
+        values, path = dict(path), None
     if path is not None:
         text = Path(path).read_text()
         values = (json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)) or {}

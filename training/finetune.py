@@ -16,7 +16,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from datasets import load_from_disk
+from transformers import TrainerCallback
 from safetensors.torch import load_file
 
 from modeling_ilm import ILMForConditionalGeneration, ILMProcessor
@@ -39,8 +41,22 @@ class FinetuneConfig(TrainerSettings):
     adapter_type: str = "qformer"
     num_query_tokens: int = 4  # must match the phase-1 checkpoint when starting from one
     num_cf_tokens: int = 4
+    # "tokens" (the paper: item tokens only) or "title+tokens" (LLaRA's hybrid: each item's title,
+    # then its tokens); saved with the processor, so evaluation and inference render items the same way
+    item_rendering: str = "tokens"
     mlp_hidden_size: int = 1024
     lora: dict | None = None  # peft LoraConfig fields: LoRA on the LLM (off: the paper keeps it frozen)
+    # The ranking head (E4SRec-style): scores items against the LLM's hidden state where the answer
+    # starts, trained with a softmax over each batch's targets plus uniformly sampled catalog items
+    # (the 20-candidate protocol's negatives are uniform too), on the rows of `ranking_tasks`.
+    ranking_head: bool = False
+    ranking_tasks: list | None = None  # default: next_item_title, candidate_selection
+    ranking_negatives: int = 256
+    ranking_loss_weight: float = 1.0
+    # The learning curve: every `curve_steps` steps, validation HR@1 / NDCG@5 of the ranking head on
+    # the first `curve_users` users of the 20-candidate protocol (one forward per user).
+    curve_steps: int = 0
+    curve_users: int = 200
     task_weights: dict | None = None  # task -> sampling weight (None: as many as the data has)
     num_train_examples: int = 2000  # examples drawn (with the task weights) for training
     num_eval_examples: int = 200
@@ -72,14 +88,21 @@ def mixed_examples(dataset, task_weights, size, seed):
     return [int(rng.choice(by_task[names[k]])) for k in drawn]
 
 
-class ChatCollator:
-    """Tokenizes chat examples with labels on the assistant turns only (right padding)."""
+RANKING_TASKS = ("next_item_title", "candidate_selection")
 
-    def __init__(self, processor):
-        self.processor = processor
+
+class ChatCollator:
+    """Tokenizes chat examples with labels on the assistant turns only (right padding).
+
+    With `ranking_negatives`, also the ranking head's inputs: `rank_labels` (the target item's row
+    for rows of `ranking_tasks`, else -100) and `rank_item_ids` (the batch's targets plus that many
+    catalog items drawn uniformly, seeded per batch so a rerun draws the same)."""
+
+    def __init__(self, processor, ranking_negatives=0, ranking_tasks=RANKING_TASKS, seed=0):
+        self.processor, self.ranking_negatives, self.ranking_tasks, self.seed = processor, ranking_negatives, set(ranking_tasks), seed
 
     def __call__(self, rows):
-        return dict(
+        batch = dict(
             self.processor(
                 messages=[r["messages"] for r in rows],
                 item_ids=[r["item_ids"] for r in rows],
@@ -89,6 +112,47 @@ class ChatCollator:
                 padding_side="right",
             )
         )
+        if self.ranking_negatives:
+            targets = [
+                self.processor.rows([r["target_item_id"]])[0] if r["task"] in self.ranking_tasks and r["target_item_id"] else -100
+                for r in rows
+            ]
+            # the same batch always draws the same negatives (a resumed run sees what it saw)
+            rng = np.random.default_rng([self.seed, *sorted(batch["input_ids"].sum(-1).tolist())])
+            drawn = rng.choice(len(self.processor.catalog["items"]), size=self.ranking_negatives, replace=False)
+            batch["rank_labels"] = torch.tensor(targets)
+            batch["rank_item_ids"] = torch.tensor(sorted(set(drawn.tolist()) | {t for t in targets if t >= 0}))
+        return batch
+
+
+class RankingCurveCallback(TrainerCallback):
+    """Logs validation HR@1 / NDCG@5 of the ranking head every `every` steps (and at step 0), so the
+    run leaves a learning curve: would more phase-2 steps help?"""
+
+    def __init__(self, processor, data_dir, every, users):
+        from training.evaluate import load_protocol
+
+        self.processor, self.every = processor, every
+        self.protocol = load_protocol(data_dir, split="validation", users=users)
+
+    def measure(self, model, step, log_history):
+        from training.evaluate.lm import ChatModel
+        from training.evaluate.recommendation import head_scorer, ranking_section
+
+        was_training = model.training
+        values = ranking_section(head_scorer(ChatModel(model, self.processor), self.protocol), self.protocol, n_boot=0, desc="learning curve")
+        model.train(was_training)
+        entry = {"step": step, **{f"eval_validation_{k}_head": v["value"] for k, v in values.items()}}
+        log_history.append(entry)
+        logger.info("learning curve at step %d: %s", step, entry)
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if state.global_step == 0:
+            self.measure(model, 0, state.log_history)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step % self.every == 0 or state.global_step == state.max_steps:
+            self.measure(model, state.global_step, state.log_history)
 
 
 class Phase2Trainer(ComponentLossTrainer):
@@ -102,7 +166,9 @@ class Phase2Trainer(ComponentLossTrainer):
 def build_model_and_processor(config: FinetuneConfig):
     data_dir = Path(config.data_dir)
     catalog = json.loads((data_dir / "catalog.json").read_text())
-    processor = ILMProcessor.from_components(assets.resolve_llm(config.llm), catalog=catalog, num_query_tokens=config.num_query_tokens)
+    processor = ILMProcessor.from_components(
+        assets.resolve_llm(config.llm), catalog=catalog, num_query_tokens=config.num_query_tokens, item_rendering=config.item_rendering
+    )
     if config.init == "scratch" or config.adapter_type == "mlp":
         cf = load_file(str(data_dir / "cf" / "embeddings.safetensors"))
         model = ILMForConditionalGeneration.from_components(
@@ -127,6 +193,8 @@ def build_model_and_processor(config: FinetuneConfig):
         model.config.item_token_id, model.config.user_token_id = processor.item_token_id, processor.user_token_id
     if config.lora and not model.config.lora_config:
         model.enable_lora(**config.lora)
+    if config.ranking_head and model.item_scorer is None:
+        model.enable_ranking_head(ranking_loss_weight=config.ranking_loss_weight)
     if model.config.num_items != len(catalog["items"]):
         raise ValueError(f"The model's CF table has {model.config.num_items} items, the catalog {len(catalog['items'])}.")
     return model, processor
@@ -167,7 +235,13 @@ def build_trainer(config: FinetuneConfig):
         ),
         train_dataset=train,
         eval_dataset=evaluation,
-        data_collator=ChatCollator(processor),
+        callbacks=[RankingCurveCallback(processor, config.data_dir, config.curve_steps, config.curve_users)] if config.curve_steps and config.ranking_head else None,
+        data_collator=ChatCollator(
+            processor,
+            ranking_negatives=config.ranking_negatives if config.ranking_head else 0,
+            ranking_tasks=config.ranking_tasks or RANKING_TASKS,
+            seed=config.seed,
+        ),
     )
     return trainer, processor, lengths
 

@@ -55,7 +55,7 @@ def run(preset: str, out: str, seed: int = 0) -> dict:
     out = Path(out)
     data_dir, phase1_dir, phase2_dir, model_dir = out / "data", out / "phase1", out / "phase2", out / "model"
     timings = {}
-    overrides = lambda section, **paths: [f"{k}={v}" for k, v in {**settings.get(section, {}), **paths}.items()]  # noqa: E731
+    section = lambda name, **paths: {**settings.get(name, {}), **{k: str(v) for k, v in paths.items()}}  # noqa: E731
 
     with stage("assets", timings):
         llm_path, qformer_path = assets.default_llm_path(), assets.default_qformer_path()
@@ -69,13 +69,13 @@ def run(preset: str, out: str, seed: int = 0) -> dict:
 
     with stage("phase 1", timings):
         if not (phase1_dir / "phase1_results.json").exists():
-            pretrain(load_config(PretrainConfig, None, overrides("pretrain", data_dir=data_dir, output_dir=phase1_dir)))
+            pretrain(load_config(PretrainConfig, section("pretrain", data_dir=data_dir, output_dir=phase1_dir)))
         phase1 = json.loads((phase1_dir / "phase1_results.json").read_text())
 
     with stage("phase 2", timings):
         if not (phase2_dir / "phase2_results.json").exists():
             variant = settings["pretrain"].get("variant", "IT-II")
-            finetune(load_config(FinetuneConfig, None, overrides(
+            finetune(load_config(FinetuneConfig, section(
                 "finetune", data_dir=data_dir, output_dir=phase2_dir, init=phase1_dir / "final", name=f"ILM ({variant})"
             )))
         phase2 = json.loads((phase2_dir / "phase2_results.json").read_text())
@@ -142,8 +142,13 @@ def write_card(model_dir, results, training_info, name):
 
 
 def demo(model_dir, data_dir):
-    """A short multi-turn conversation where movies are item tokens, printed."""
+    """A short conversation where movies are item tokens, printed. Answers are decoded under the
+    catalog's title trie, so each names a real movie; with a ranking head, also the top 5 for two
+    test users (user token + history), their earlier movies left out."""
     from modeling_ilm import ILMForConditionalGeneration, ILMProcessor
+    from training.evaluate import load_protocol
+    from training.evaluate.lm import ChatModel
+    from training.evaluate.prompts import NEXT_ITEM_TEMPLATE, recommendation_prompt
 
     model = ILMForConditionalGeneration.from_pretrained(model_dir).eval()
     processor = ILMProcessor.from_pretrained(model_dir)
@@ -153,15 +158,27 @@ def demo(model_dir, data_dir):
         ("Thanks. And what movie is <item>?", [processor.catalog["items"][0]["item_id"]]),
     ]
     chat, item_ids = [], []
-    print("\n--- demo: each <item> is one movie's item tokens ---")
+    print("\n--- demo: each <item> is one movie's item tokens; answers are decoded among catalog titles ---")
     for text, ids in turns:
         chat.append({"role": "user", "content": text})
         item_ids += ids
         inputs = processor(messages=chat, item_ids=item_ids)
-        answer = processor.decode(model.generate(**inputs, max_new_tokens=32, do_sample=False)[0, inputs["input_ids"].shape[1] :]).strip()
+        constraint = processor.title_constraint(inputs["input_ids"])
+        output = model.generate(**inputs, max_new_tokens=32, do_sample=False, logits_processor=constraint)
+        answer = processor.decode(output[0, inputs["input_ids"].shape[1] :]).strip()
         chat.append({"role": "assistant", "content": answer})
         print(f"user: {text}   (<item> = {'; '.join(processor.item(i)['title'] for i in ids)})")
         print(f"assistant: {answer}")
+    if model.item_scorer is None:
+        return
+    protocol = load_protocol(data_dir, split="test", users=2)
+    chat_model = ChatModel(model, processor)
+    for user_id in protocol.users:
+        scores = chat_model.rank(recommendation_prompt(protocol, user_id, NEXT_ITEM_TEMPLATE, with_candidates=False))
+        scores[processor.rows(protocol.histories[user_id])] = float("-inf")
+        top = [processor.catalog["items"][row]["title"] for row in scores.argsort()[::-1][:5]]
+        recent = "; ".join(protocol.titles[i] for i in protocol.history(user_id)[-3:])
+        print(f"user {user_id} (recently: {recent}) -> ranking head top 5: {' | '.join(top)}")
 
 
 def main(argv=None):

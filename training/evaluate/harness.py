@@ -12,18 +12,27 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from training.assets import default_qformer_path, resolve_llm
 
+from . import cache
 from .alignment import SentenceEmbedder, alignment_section, load_alignment_rows
 from .baselines import als_scorer, popularity_scorer
 from .lm import ChatModel
 from .preservation import max_logit_difference
 from .prompts import text_processor
 from .protocol import load_protocol
-from .recommendation import full_catalog_section, generation_section, likelihood_scorer, ranking_section
+from .recommendation import (
+    LikelihoodScores,
+    full_catalog_section,
+    generation_section,
+    head_full_catalog_section,
+    head_scorer,
+    ranking_section,
+)
 
 log = logging.getLogger(__name__)
 
-SECTIONS = ("ranking", "generation", "full_catalog", "alignment", "preservation")
-LLM_SECTIONS = ("ranking", "generation", "full_catalog")  # what the text-only baseline can be asked
+RANKINGS = ("ranking", "ranking_mean", "ranking_calibrated")  # likelihood rankings, one scoring pass for all three
+SECTIONS = (*RANKINGS, "ranking_head", "generation", "generation_constrained", "full_catalog", "alignment", "preservation")
+LLM_SECTIONS = (*RANKINGS, "generation", "generation_constrained", "full_catalog")  # what the text-only baseline can be asked
 BASELINES = ("pop", "als", "text")
 
 
@@ -45,10 +54,17 @@ def log_section(name, section, values):
 def llm_sections(chat_model, protocol, sections, name, full_catalog=False, bootstrap=1000):
     """The recommendation sections any chat model (ILM or text-only LLM) is evaluated on."""
     seed, out = protocol.seed, {}
-    if "ranking" in sections:
-        out["ranking"] = ranking_section(likelihood_scorer(chat_model, protocol), protocol, bootstrap, seed, desc=f"{name} ranking")
+    likelihood = LikelihoodScores(chat_model, protocol)  # scores each user's candidates once for all three
+    for section, score_fn in zip(RANKINGS, (likelihood.reduced, likelihood.mean, likelihood.calibrated)):
+        if section in sections:
+            out[section] = ranking_section(score_fn, protocol, bootstrap, seed, desc=f"{name} {section}")
+    if "ranking_head" in sections and chat_model.has_ranking_head:
+        out["ranking_head"] = ranking_section(head_scorer(chat_model, protocol), protocol, bootstrap, seed, desc=f"{name} ranking head")
+        out["ranking_head"] |= {f"full_catalog_{k}": v for k, v in head_full_catalog_section(chat_model, protocol, bootstrap, seed).items()}
     if "generation" in sections:
         out["generation"] = generation_section(chat_model, protocol, bootstrap, seed)
+    if "generation_constrained" in sections:
+        out["generation_constrained"] = generation_section(chat_model, protocol, bootstrap, seed, constrained=True)
     if "full_catalog" in sections:
         out["full_catalog"] = full_catalog_section(chat_model, protocol, full_catalog, bootstrap, seed)
     for section, values in out.items():
@@ -135,10 +151,16 @@ def evaluate_baselines(
     max_new_tokens=24,
     reduce="sum",
     device="cpu",
+    cache_dir=None,
 ) -> dict:
     """Popularity and ALS (ranking only), and text-only prompting of a frozen LLM (`llm` +
     `tokenizer`, else loaded from `llm_path`, "default" being the embedded default LLM): same users,
-    candidates and templates. `device`: where a loaded LLM runs."""
+    candidates and templates. `device`: where a loaded LLM runs.
+
+    The text baseline's sections are cached on disk (see cache.py), keyed by the LLM's weights and
+    tokenizer, the data and the protocol: `cache_dir` is the folder (default $ILM_CACHE_DIR, else
+    ~/.cache/ilm/baselines, ~/.cache/ilm being $ILM_CACHE when set; False: no cache). A cached
+    result keeps the timing_s of the run that computed it."""
     check_names(baselines, BASELINES, "baselines")
     check_names(sections, SECTIONS, "sections")
     protocol = get_protocol(data_dir, protocol, split=split, candidates_file=candidates_file, users=users, seed=seed, history_len=history_len)
@@ -155,8 +177,29 @@ def evaluate_baselines(
         if name in scorers:
             models[name] = {"ranking": ranking_section(scorers[name](data_dir), protocol, bootstrap, protocol.seed, desc=name)}
             log_section(name, "ranking", models[name]["ranking"])
+            models[name]["timing_s"] = round(time.perf_counter() - start, 1)
         else:
             chat_model = ChatModel(llm, text_processor(tokenizer, protocol.catalog), as_text=True, batch_size=batch_size, max_new_tokens=max_new_tokens, reduce=reduce)
-            models[name] = llm_sections(chat_model, protocol, [s for s in sections if s in LLM_SECTIONS], name, full_catalog, bootstrap)
-        models[name]["timing_s"] = round(time.perf_counter() - start, 1)
+            sections_asked = [s for s in sections if s in LLM_SECTIONS]
+            models[name] = text_baseline(chat_model, protocol, sections_asked, name, full_catalog, bootstrap, cache_dir)
     return {"protocol": protocol.describe(bootstrap), "models": models}
+
+
+def text_baseline(chat_model, protocol, sections, name="text", full_catalog=False, bootstrap=1000, cache_dir=None) -> dict:
+    """llm_sections of a text-only ChatModel with its timing_s, through the disk cache (cache.py;
+    `cache_dir` False: always computed)."""
+    start = time.perf_counter()
+
+    def compute():
+        return llm_sections(chat_model, protocol, sections, name, full_catalog, bootstrap) | {"timing_s": round(time.perf_counter() - start, 1)}
+
+    if cache.cache_folder(cache_dir) is None:
+        return compute()
+    key, parts = cache.text_baseline_key(chat_model, protocol, sections, bootstrap, full_catalog)
+
+    def on_hit(result):
+        for section, values in result.items():
+            if isinstance(values, dict):
+                log_section(name, section, values)
+
+    return cache.cached(key, compute, cache_dir, parts, what=f"{name} baseline", on_hit=on_hit)

@@ -11,7 +11,15 @@ from transformers import GenerationConfig
 
 from modeling_ilm.processing_ilm import normalize_title
 
-from .prompts import as_text
+from .prompts import Prompt, as_text
+
+
+def content_free_prompt(noun: str) -> Prompt:
+    """A user turn that names no item or user ("Recommend a movie."), in the model's chat template:
+    the prior of each title that calibrated ranking subtracts. Without entity tokens it reads the
+    same for the ILM as for its frozen LLM."""
+    article = "an" if noun[:1].lower() in "aeiou" else "a"
+    return Prompt([{"role": "user", "content": f"Recommend {article} {noun}."}], [], [])
 
 
 class ChatModel:
@@ -22,7 +30,8 @@ class ChatModel:
         as_text: render items as titles and users as ids instead of placeholders.
         batch_size: prompts per generation batch.
         max_new_tokens: generation budget.
-        reduce: "sum" (total log-likelihood of the answer) or "mean" (per answer token).
+        reduce: what `score` returns: "sum" (total log-likelihood of the answer) or "mean" (per
+            answer token). `score_parts` returns both parts whatever it is.
         answer_chunk: answers scored per forward pass. Answers are sorted by length first, so
             smaller chunks waste less padding; 16 splits 20 candidates into two similar-length groups.
     """
@@ -35,6 +44,7 @@ class ChatModel:
         self.titles = {item["item_id"]: item["title"] for item in processor.catalog["items"]}
         self.entity_tokens = {} if as_text else self._catalog_tokens()
         self._answer_ids = {}  # answer text -> token ids
+        self._content_free = {}  # (noun, answer text) -> summed log-likelihood under content_free_prompt(noun)
         tokenizer = processor.tokenizer
         eos = model.generation_config.eos_token_id
         self.greedy = dict(do_sample=False, eos_token_id=eos if eos is not None else tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
@@ -72,6 +82,20 @@ class ChatModel:
                 inputs[f"{kind}_tokens"] = self.entity_tokens[kind][batch[f"{kind}_ids"].clamp(min=0).to(self.device)]
         return {k: v.to(self.device) for k, v in inputs.items()}
 
+    @property
+    def has_ranking_head(self) -> bool:
+        return not self.as_text and getattr(self.model, "item_scorer", None) is not None
+
+    @torch.no_grad()
+    def rank(self, prompt, item_ids=None) -> np.ndarray:
+        """The ranking head's score of each item (catalog ids; None: the whole catalog in row order)
+        for one prompt: a single forward, whatever the number of items."""
+        inputs = self.encode([prompt])
+        tokens = self.entity_tokens["item"]
+        if item_ids is not None:
+            tokens = tokens[torch.tensor(self.processor.rows(item_ids), device=self.device)]
+        return self.model.score_items(**inputs, candidate_tokens=tokens)[0].float().cpu().numpy()
+
     def answer_ids(self, answer: str) -> list:
         """Token ids of an assistant answer as the chat template renders it, up to its end-of-turn
         token (e.g. "Heat (1995)<|im_end|>"), tokenized in context."""
@@ -92,26 +116,37 @@ class ChatModel:
             return tokenizer(full[len(prompt) :].rstrip(), add_special_tokens=False)["input_ids"]
         return full_ids[len(prompt_ids) :]
 
-    @torch.no_grad()
     def score(self, prompt, answers) -> np.ndarray:
-        """Log-likelihood of each answer text given one prompt.
+        """Log-likelihood of each answer text given one prompt: the total over the answer's tokens,
+        or (reduce="mean") the mean per answer token. See `score_parts`."""
+        sums, lengths = self.score_parts(prompt, answers)
+        return sums / lengths if self.reduce == "mean" else sums
+
+    @torch.no_grad()
+    def score_parts(self, prompt, answers) -> tuple:
+        """(sums, lengths): each answer's summed log-likelihood given one prompt, and its number of
+        answer tokens (`answer_ids`, end-of-turn token included); sums / lengths is the mean per token.
 
         The prompt runs once; its KV cache is repeated for a chunk of answers, which are
         right-padded (padding comes after an answer, so causal attention keeps it out of the score).
         The answers do not see each other, so the scores do not depend on their order.
         """
+        ids = [self.answer_ids(a) for a in answers]
+        lengths = np.array([len(a) for a in ids], dtype=np.int64)
+        sums = np.zeros(len(ids))
+        if not ids:
+            return sums, lengths
         inputs = self.encode([prompt])
         out = self.model(**inputs, use_cache=True, logits_to_keep=1)
         first = out.logits[0, -1].float().log_softmax(-1)  # predicts every answer's first token
-        ids = [self.answer_ids(a) for a in answers]
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths share a chunk: less padding
-        scores = np.zeros(len(ids))
         for start in range(0, len(order), self.answer_chunk):
             chunk = order[start : start + self.answer_chunk]
-            scores[chunk] = self._score_chunk(out.cache, first, [ids[i] for i in chunk], inputs["input_ids"].shape[1])
-        return scores
+            sums[chunk] = self._score_chunk(out.cache, first, [ids[i] for i in chunk], inputs["input_ids"].shape[1])
+        return sums, lengths
 
     def _score_chunk(self, prompt_cache, first, ids, prompt_len):
+        """Summed log-likelihood of each answer (token ids) of a chunk after the cached prompt."""
         lengths = torch.tensor([len(a) for a in ids], device=self.device)
         width = int(lengths.max())
         padded = torch.tensor([a + [a[-1]] * (width - len(a)) for a in ids], device=self.device)
@@ -124,18 +159,32 @@ class ChatModel:
             rest = logits.gather(-1, padded[:, 1:, None])[..., 0] - logits.logsumexp(-1)
             token_logp = torch.cat([token_logp, rest], 1)
         keep = torch.arange(width, device=self.device)[None, :] < lengths[:, None]
-        total = torch.where(keep, token_logp, 0.0).sum(1)
-        return (total / lengths if self.reduce == "mean" else total).cpu().numpy()
+        return torch.where(keep, token_logp, 0.0).sum(1).cpu().numpy()
+
+    def content_free_scores(self, answers, noun="item") -> np.ndarray:
+        """Summed log-likelihood of each answer under `content_free_prompt(noun)`, the prior that
+        calibrated ranking subtracts. Memoised per ChatModel: each title is scored once, and the
+        titles not seen yet are scored together in one `score_parts` pass."""
+        missing = list(dict.fromkeys(a for a in answers if (noun, a) not in self._content_free))
+        if missing:
+            sums, _ = self.score_parts(content_free_prompt(noun), missing)
+            self._content_free.update({(noun, a): float(s) for a, s in zip(missing, sums)})
+        return np.array([self._content_free[(noun, a)] for a in answers], dtype=float)
 
     @torch.no_grad()
-    def generate(self, prompts, desc="generate", max_new_tokens=None) -> list:
+    def generate(self, prompts, desc="generate", max_new_tokens=None, candidates=None) -> list:
         """Greedy answers (decoded, stripped) for a list of `Prompt`s, in batches.
-        `max_new_tokens` lowers the budget for this call (never above the model's)."""
+        `max_new_tokens` lowers the budget for this call (never above the model's).
+        `candidates`: one list of item ids per prompt; decoding is then constrained to their
+        titles (a prefix trie), so every answer names one of them."""
         config = GenerationConfig(**self.greedy, max_new_tokens=min(max_new_tokens or self.max_new_tokens, self.max_new_tokens))
         answers = []
         for start in tqdm(range(0, len(prompts), self.batch_size), desc=desc, leave=False):
             inputs = self.encode(prompts[start : start + self.batch_size])
-            out = self.model.generate(**inputs, generation_config=config)
+            constraint = None
+            if candidates is not None:
+                constraint = self.processor.title_constraint(inputs["input_ids"], candidates[start : start + self.batch_size])
+            out = self.model.generate(**inputs, generation_config=config, logits_processor=constraint)
             new = out[:, inputs["input_ids"].shape[1] :]
             answers += [text.strip() for text in self.processor.batch_decode(new, skip_special_tokens=True)]
         return answers

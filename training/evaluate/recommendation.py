@@ -1,7 +1,11 @@
 """Recommendation metrics on the protocol's users.
 
 - ranking: the true item's rank among the user's candidates by a score function (the model's
-  answer likelihood, or a baseline's score): HR@1, NDCG@5.
+  answer likelihood, or a baseline's score): HR@1, NDCG@5. An LLM's likelihood comes in three
+  readings of one scoring pass (`LikelihoodScores`): the summed log-likelihood of the title
+  (section "ranking"; per token with reduce="mean"), its mean per answer token ("ranking_mean"),
+  and the sum minus the title's log-likelihood under a content-free prompt ("ranking_calibrated"),
+  which removes the prior that favours short or common titles.
 - generation: a greedy answer to the same candidate prompt, mapped to one of the candidates:
   valid_ratio, HR@1 over all users, HR@1 over users whose answer names a candidate.
 - full catalog: a greedy answer to the next-item prompt, exact-title hit against the target; with
@@ -43,15 +47,88 @@ def likelihood_scorer(chat_model, protocol, template_id=CANDIDATE_TEMPLATE):
     return score
 
 
+class LikelihoodScores:
+    """Three score_fns for ranking_section from ONE scoring pass per user: `chat_model.score_parts`
+    of the candidate prompt is kept per (user, candidates), so ranking, ranking_mean and
+    ranking_calibrated cost what ranking alone costs (plus one content-free pass over the titles).
+
+    - `reduced`: what `likelihood_scorer` gives (sum, or mean with the model's reduce="mean");
+    - `sum`: summed log-likelihood of the title (end-of-turn token included);
+    - `mean`: sum / number of answer tokens;
+    - `calibrated`: sum - the title's summed log-likelihood under `lm.content_free_prompt(noun)`
+      (memoised by the ChatModel; the protocol's titles are scored in one pass on first use).
+    """
+
+    def __init__(self, chat_model, protocol, template_id=CANDIDATE_TEMPLATE):
+        self.chat_model, self.protocol, self.template_id = chat_model, protocol, template_id
+        self._parts = {}  # (user, candidates) -> (sums, lengths)
+        self._content_free_ready = False
+
+    def parts(self, user_id, candidates) -> tuple:
+        key = (user_id, tuple(candidates))
+        if key not in self._parts:
+            prompt = recommendation_prompt(self.protocol, user_id, self.template_id, with_candidates=True)
+            self._parts[key] = self.chat_model.score_parts(prompt, [self.protocol.titles[c] for c in candidates])
+        return self._parts[key]
+
+    def sum(self, user_id, candidates) -> np.ndarray:
+        return self.parts(user_id, candidates)[0]
+
+    def mean(self, user_id, candidates) -> np.ndarray:
+        sums, lengths = self.parts(user_id, candidates)
+        return sums / lengths
+
+    def reduced(self, user_id, candidates) -> np.ndarray:
+        return self.mean(user_id, candidates) if self.chat_model.reduce == "mean" else self.sum(user_id, candidates)
+
+    def content_free(self, candidates) -> np.ndarray:
+        noun, titles = self.protocol.noun, self.protocol.titles
+        if not self._content_free_ready:  # every candidate title of the protocol in one pass
+            every = dict.fromkeys(titles[c] for u in self.protocol.users for c in self.protocol.candidates[u])
+            self.chat_model.content_free_scores(list(every), noun)
+            self._content_free_ready = True
+        return self.chat_model.content_free_scores([titles[c] for c in candidates], noun)
+
+    def calibrated(self, user_id, candidates) -> np.ndarray:
+        return self.sum(user_id, candidates) - self.content_free(candidates)
+
+
+def head_scorer(chat_model, protocol, template_id=NEXT_ITEM_TEMPLATE):
+    """score_fn for ranking_section: the ranking head's score of each candidate, read from the
+    next-item prompt (user and history, no candidates), so one forward ranks any number of items."""
+
+    def score(user_id, candidates):
+        return chat_model.rank(recommendation_prompt(protocol, user_id, template_id, with_candidates=False), candidates)
+
+    return score
+
+
+def head_full_catalog_section(chat_model, protocol, n_boot=1000, seed=0, template_id=NEXT_ITEM_TEMPLATE) -> dict:
+    """HR@10 / NDCG@10 of the target among all catalog items by the ranking head (earlier items masked)."""
+    row = {item["item_id"]: i for i, item in enumerate(protocol.catalog["items"])}
+    scores, truth = [], []
+    for user_id in tqdm(protocol.users, desc="ranking head (full catalog)", leave=False):
+        user_scores = chat_model.rank(recommendation_prompt(protocol, user_id, template_id, with_candidates=False))
+        target = row[protocol.targets[user_id]]
+        user_scores[[row[i] for i in protocol.histories[user_id] if row[i] != target]] = -np.inf
+        scores.append(user_scores.tolist())
+        truth.append(target)
+    values = per_example("ranking", scores, truth, k=[10])
+    return summarize_all(values, {"hr@10": "hr@10", "ndcg@10": "ndcg@10"}, n_boot, seed)
+
+
 def log_examples(name, users, answers, targets, n=3):
     for user_id, answer, truth in list(zip(users, answers, targets))[:n]:
         log.info("%s | user %s | answer %r | target %r", name, user_id, answer, truth)
 
 
-def generation_section(chat_model, protocol, n_boot=1000, seed=0, template_id=CANDIDATE_TEMPLATE) -> dict:
+def generation_section(chat_model, protocol, n_boot=1000, seed=0, template_id=CANDIDATE_TEMPLATE, constrained=False) -> dict:
+    """Greedy answers to the candidate prompt; `constrained`: decoding restricted to the user's
+    candidate titles (a prefix trie), so the answer always names a candidate."""
     users = protocol.users
     prompts = [recommendation_prompt(protocol, u, template_id, with_candidates=True) for u in users]
-    answers = chat_model.generate(prompts, desc="generation (candidates)")
+    candidates = [protocol.candidates[u] for u in users] if constrained else None
+    answers = chat_model.generate(prompts, desc="generation (constrained)" if constrained else "generation (candidates)", candidates=candidates)
     chosen = [chat_model.match_item(a, protocol.candidates[u]) for a, u in zip(answers, users)]
     log_examples("generation", users, answers, [protocol.titles[protocol.targets[u]] for u in users])
     values = per_example("choice", chosen, [protocol.targets[u] for u in users])

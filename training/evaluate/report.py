@@ -4,14 +4,18 @@ results.json:
 {"protocol": {"name": "20-candidate", "num_candidates": 20, "split": "test", "users": N,
               "candidates_file": "...", "history_len": 10, "bootstrap": 1000, "seed": 0},
  "models": {"<name>": {"ranking": {"hr@1": {"value": v, "ci95": [lo, hi]}, "ndcg@5": ...},
+                       "ranking_mean": {"hr@1", "ndcg@5"}, "ranking_calibrated": {"hr@1", "ndcg@5"},
+                       "ranking_head": {"hr@1", "ndcg@5", "full_catalog_hr@10", "full_catalog_ndcg@10"},
                        "generation": {"valid_ratio", "hr@1", "hr@1_valid"},
+                       "generation_constrained": {"valid_ratio", "hr@1", "hr@1_valid"},
                        "full_catalog": {"exact_title_hit", "hr@10", "ndcg@10"},
                        "alignment": {"seen": {"title_exact_match", "genre_f1", "year_accuracy",
                                               "semantic_consistency"}, "unseen": {...}},
                        "preservation": {"max_abs_logit_diff": float},
                        "timing_s": float}}}
-Sections that do not apply to a model are absent (popularity has only "ranking"); ci95 is null
-when --bootstrap 0.
+Sections that do not apply to a model are absent (popularity has only "ranking", ranking_head
+needs an ILM with a ranking head); ci95 is null when --bootstrap 0. A text baseline read from the
+cache (cache.py) has the timing_s of the run that computed it.
 """
 
 import json
@@ -22,9 +26,18 @@ TABLES = {
     "Recommendation": [
         ("HR@1 (ranking)", ("ranking", "hr@1")),
         ("NDCG@5 (ranking)", ("ranking", "ndcg@5")),
+        ("HR@1 (ranking, mean)", ("ranking_mean", "hr@1")),
+        ("NDCG@5 (ranking, mean)", ("ranking_mean", "ndcg@5")),
+        ("HR@1 (ranking, calibrated)", ("ranking_calibrated", "hr@1")),
+        ("NDCG@5 (ranking, calibrated)", ("ranking_calibrated", "ndcg@5")),
+        ("HR@1 (ranking head)", ("ranking_head", "hr@1")),
+        ("NDCG@5 (ranking head)", ("ranking_head", "ndcg@5")),
+        ("HR@10 (ranking head, full catalog)", ("ranking_head", "full_catalog_hr@10")),
         ("valid ratio (generation)", ("generation", "valid_ratio")),
         ("HR@1 (generation)", ("generation", "hr@1")),
         ("HR@1 of valid (generation)", ("generation", "hr@1_valid")),
+        ("valid ratio (constrained generation)", ("generation_constrained", "valid_ratio")),
+        ("HR@1 (constrained generation)", ("generation_constrained", "hr@1")),
         ("exact title hit (full catalog)", ("full_catalog", "exact_title_hit")),
         ("HR@10 (full catalog)", ("full_catalog", "hr@10")),
         ("NDCG@10 (full catalog)", ("full_catalog", "ndcg@10")),
@@ -99,10 +112,18 @@ def protocol_note(protocol: dict) -> str:
         f"from `{protocol['candidates_file']}` (the held-out item and items the user never interacted with), shown "
         f"in a seeded random order; the history is the user's last {protocol['history_len']} earlier interactions.",
         "",
-        "- *ranking*: LLMs rank the candidates by their log-likelihood of each title as the answer, popularity by "
-        "train interactions, ALS by user·item score "
-        "(ties count against the true item); *generation*: the greedy answer mapped to a candidate title; "
-        "*full catalog*: greedy answer to the next-item prompt, exact (normalised) title match.",
+        "- *ranking*: LLMs rank the candidates by their log-likelihood of each title as the answer, summed over "
+        "the title's tokens (which favours short titles; per token with --score mean), popularity by train "
+        "interactions, ALS by user·item score (ties count against the true item); *ranking, mean*: the "
+        "log-likelihood per answer token; *ranking, calibrated*: the summed log-likelihood minus that of the "
+        "title after a content-free prompt (`Recommend a {noun}.`, naming no items: the frozen LLM's prior for "
+        "the title). The three LLM rankings come from one scoring pass.",
+        "- *ranking head*: the ILM's ranking head scores the candidates from the next-item prompt (user and "
+        "history, no candidates); its *full catalog* HR@10 ranks every catalog item, the user's earlier items "
+        "masked out.",
+        "- *generation*: the greedy answer mapped to a candidate title (*constrained*: decoding restricted to the "
+        "candidates' titles by a prefix trie, so every answer is a candidate); *full catalog*: greedy answer to the "
+        "next-item prompt, exact (normalised) title match.",
         "- *alignment*: held-out items, seen and held-out (unseen) templates; semantic = cosine of "
         "mean-pooled MiniLM embeddings of answer and reference.",
         f"- Values are means with 95% confidence intervals in brackets: {ci}; alignment resamples items.",

@@ -1,0 +1,136 @@
+"""The ranking head (config.ranking_head): one forward scores the catalog through the item tokens."""
+
+import pytest
+import torch
+from conftest import CATALOG
+
+from modeling_ilm import ILMForConditionalGeneration, ILMProcessor
+from training.finetune import ChatCollator
+
+QUERIES = 2
+PROMPTS = [
+    [{"role": "user", "content": "user <user> liked <item> and <item> . recommend a comedy"}],
+    [{"role": "user", "content": "what movie is <item> ?"}],
+]
+ITEMS, USERS = [["1", "2"], ["3"]], [["1"], []]
+ANSWERS = ["Heat (1995)", "Babe (1995)"]
+
+
+@pytest.fixture(scope="module")
+def processor(tiny_components):
+    return ILMProcessor.from_components(tiny_components["llm"], catalog=CATALOG, num_query_tokens=QUERIES)
+
+
+def build(tiny_components, processor, adapter_type="qformer"):
+    torch.manual_seed(0)
+    return ILMForConditionalGeneration.from_components(
+        tiny_components["llm"], tiny_components["bert"],
+        item_token_id=processor.item_token_id, user_token_id=processor.user_token_id,
+        num_query_tokens=QUERIES, adapter_type=adapter_type, mlp_hidden_size=16, ranking_head=True, ranking_dim=16,
+        item_embeddings=torch.randn(len(CATALOG["items"]), 8), user_embeddings=torch.randn(len(CATALOG["users"]), 8),
+    ).eval()
+
+
+@pytest.fixture(scope="module", params=["qformer", "mlp"])
+def model(request, tiny_components, processor):
+    return build(tiny_components, processor, request.param)
+
+
+def answered(processor):
+    chats = [p + [{"role": "assistant", "content": a}] for p, a in zip(PROMPTS, ANSWERS)]
+    return processor(messages=chats, item_ids=ITEMS, user_ids=USERS, return_labels=True, add_generation_prompt=False, padding_side="right")
+
+
+@torch.no_grad()
+def test_scores_the_catalog_shared_or_per_row_candidates_and_precomputed_tokens(model, processor):
+    inputs = processor(messages=PROMPTS, item_ids=ITEMS, user_ids=USERS)
+    catalog = model.score_items(**inputs)
+    assert catalog.shape == (2, len(CATALOG["items"]))
+    per_row = torch.tensor([[4, 0, 2], [5, 1, 3]])
+    scores = model.score_items(**inputs, candidate_ids=per_row)
+    torch.testing.assert_close(scores, catalog.gather(1, per_row))
+    tokens = model.get_item_tokens(torch.arange(len(CATALOG["items"])))
+    torch.testing.assert_close(model.score_items(**inputs, candidate_tokens=tokens[per_row]), scores)
+    # the scores do not depend on which other items are ranked
+    torch.testing.assert_close(model.score_items(**inputs, candidate_ids=torch.tensor([2]))[:, 0], catalog[:, 2])
+
+
+@torch.no_grad()
+def test_training_reads_the_hidden_state_where_the_answer_starts(model, processor):
+    """A right-padded training batch (answers included) and the left-padded prompt of generation
+    put the head's query on the same token, so training and inference score alike."""
+    train = answered(processor)
+    out = model(**train, rank_item_ids=torch.arange(6), rank_labels=torch.tensor([2, 5]))
+    prompt = processor(messages=PROMPTS, item_ids=ITEMS, user_ids=USERS)
+    torch.testing.assert_close(out.rank_logits, model.score_items(**prompt), atol=1e-5, rtol=1e-5)
+    expected = torch.nn.functional.cross_entropy(out.rank_logits, torch.tensor([2, 5]))
+    torch.testing.assert_close(out.loss_rank, expected)
+    torch.testing.assert_close(out.loss, out.loss_lm + model.config.ranking_loss_weight * out.loss_rank)
+    # rows without a ranking target (-100) add nothing
+    partial = model(**train, rank_item_ids=torch.arange(6), rank_labels=torch.tensor([2, -100]))
+    torch.testing.assert_close(partial.loss_rank, torch.nn.functional.cross_entropy(out.rank_logits[:1], torch.tensor([2])))
+
+
+def test_ranking_loss_trains_encoder_and_head_but_not_the_llm(tiny_components, processor):
+    model = build(tiny_components, processor).train()
+    train = answered(processor)
+    labels, ranked = torch.tensor([2, 5]), torch.arange(6)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=3e-3)
+    llm_before = {k: v.clone() for k, v in model.language_model.state_dict().items()}
+    first = None
+    for step in range(40):
+        out = model(input_ids=train["input_ids"], attention_mask=train["attention_mask"], item_ids=train["item_ids"],
+                    user_ids=train["user_ids"], rank_item_ids=ranked, rank_labels=labels)
+        if step == 0:
+            out.loss.backward()
+            assert model.item_scorer.query["answer"][1].weight.grad.abs().sum() > 0
+            assert model.item_encoder.query_tokens.grad.abs().sum() > 0  # keys and prompt both come from the encoder
+            assert all(p.grad is None for p in model.language_model.parameters())
+            first = out.loss_rank.item()
+            optimizer.zero_grad()
+            out = model(input_ids=train["input_ids"], attention_mask=train["attention_mask"], item_ids=train["item_ids"],
+                        user_ids=train["user_ids"], rank_item_ids=ranked, rank_labels=labels)
+        optimizer.zero_grad()
+        out.loss.backward()
+        optimizer.step()
+    assert out.loss_rank.item() < 0.3 * first
+    assert (out.rank_logits.argmax(-1) == labels).all()
+    assert all(torch.equal(v, llm_before[k]) for k, v in model.language_model.state_dict().items())
+
+
+def test_bad_ranking_inputs_are_clear_errors(tiny_components, processor, model):
+    train = answered(processor)
+    with pytest.raises(ValueError, match="must be one of the rank_item_ids"):
+        model(**train, rank_item_ids=torch.tensor([0, 1]), rank_labels=torch.tensor([2, 5]))
+    plain = ILMForConditionalGeneration.from_components(
+        tiny_components["llm"], tiny_components["bert"], item_token_id=processor.item_token_id,
+        user_token_id=processor.user_token_id, num_query_tokens=QUERIES, item_embeddings=torch.randn(6, 8), user_embeddings=torch.randn(4, 8),
+    )
+    with pytest.raises(ValueError, match="no ranking head"):
+        plain.score_items(**processor(messages=PROMPTS, item_ids=ITEMS, user_ids=USERS))
+    plain.enable_ranking_head(ranking_dim=8)
+    assert plain.config.ranking_head and plain.score_items(**processor(messages=PROMPTS, item_ids=ITEMS, user_ids=USERS)).shape == (2, 6)
+
+
+@pytest.mark.parametrize("light", [False, True])
+@torch.no_grad()
+def test_head_survives_save_and_load(tiny_components, processor, model, tmp_path, light):
+    model.save_pretrained(tmp_path, include_language_model=not light)
+    loaded = ILMForConditionalGeneration.from_pretrained(tmp_path).eval()
+    inputs = processor(messages=PROMPTS, item_ids=ITEMS, user_ids=USERS)
+    assert loaded.config.ranking_head
+    assert torch.equal(loaded.score_items(**inputs), model.score_items(**inputs))
+
+
+def test_collator_gives_targets_of_ranking_tasks_and_seeded_negatives(processor):
+    rows = [
+        {"task": "next_item_title", "messages": PROMPTS[0] + [{"role": "assistant", "content": ANSWERS[0]}], "item_ids": ITEMS[0], "user_ids": USERS[0], "target_item_id": "3"},
+        {"task": "item_title", "messages": PROMPTS[1] + [{"role": "assistant", "content": ANSWERS[1]}], "item_ids": ITEMS[1], "user_ids": USERS[1], "target_item_id": "6"},
+    ]
+    collate = ChatCollator(processor, ranking_negatives=3, ranking_tasks=["next_item_title"])
+    batch = collate(rows)
+    assert batch["rank_labels"].tolist() == [2, -100]  # item "3" is row 2; item_title is no ranking task
+    assert 2 in batch["rank_item_ids"].tolist() and len(set(batch["rank_item_ids"].tolist())) == len(batch["rank_item_ids"])
+    assert torch.equal(collate(rows)["rank_item_ids"], batch["rank_item_ids"])
+    assert "rank_labels" not in ChatCollator(processor)(rows)
