@@ -32,6 +32,14 @@ ROWS = {
     "tokens": ("ILM, bare item tokens, likelihood ranking (the previous preset)", {"ranking_head": False}),
     "head": ("+ ranking head (E4SRec-style), same data and steps", {"ranking_head": True}),
     "head_rec": ("+ recommendation-heavy task mix (next-item prompts, short)", {"ranking_head": True, "task_weights": RECOMMENDATION_HEAVY}),
+    "head_rec_lr": (
+        "+ learning rate 1e-3 (from 3e-4)",
+        {"ranking_head": True, "task_weights": RECOMMENDATION_HEAVY, "learning_rate": 1.0e-3},
+    ),
+    "head_hist": (
+        "+ every history item predicts the next (SASRec-style ranking labels)",
+        {"ranking_head": True, "task_weights": RECOMMENDATION_HEAVY, "ranking_history": True},
+    ),
     "head_rec_long": (
         "+ 2x the phase-2 examples and steps",
         {"ranking_head": True, "task_weights": RECOMMENDATION_HEAVY, "num_train_examples": 1920, "max_steps": 240},

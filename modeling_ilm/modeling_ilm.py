@@ -442,9 +442,11 @@ class ILMForConditionalGeneration(ILMPreTrainedModel, GenerationMixin):
             Precomputed tokens from `get_item_tokens` / `get_user_tokens`.
         labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`):
             Next-token targets; -100 is ignored, and placeholder positions are always ignored.
-        rank_labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+        rank_labels (`torch.LongTensor` of shape `(batch_size,)` or `(batch_size, sequence_length)`, *optional*):
             CF-table row of the item each row should recommend (-100: none); trains the ranking head
-            with a softmax over the ranked items. Each must be among `rank_item_ids`.
+            with a softmax over the ranked items. Each must be among `rank_item_ids`. Token-level
+            labels mark every position whose prompt prefix should predict an item (then
+            `rank_logits` has one row per labelled position, in row-major order).
         rank_item_ids (`torch.LongTensor` of shape `(num_items,)` or `(batch_size, num_items)`, *optional*):
             The items the ranking head scores (default: the whole catalog), shared or per row.
         rank_item_tokens (`(num_items, Q, llm_hidden)` or `(batch_size, num_items, Q, llm_hidden)`, *optional*):
@@ -496,40 +498,54 @@ class ILMForConditionalGeneration(ILMPreTrainedModel, GenerationMixin):
         return ILMCausalLMOutputWithPast(**outputs, item_tokens=new_item_tokens, user_tokens=new_user_tokens)
 
     def _rank(self, hidden, input_ids, attention_mask, labels, rank_labels, rank_item_ids, rank_item_tokens) -> dict:
-        """Ranking-head scores (and loss, with `rank_labels`) for each row's prompt."""
+        """Ranking-head scores (and loss, with `rank_labels`).
+
+        Per row (`rank_labels` absent or `(batch,)`), the query is read where the answer starts.
+        With token-level `rank_labels` `(batch, seq_len)` (as `labels` are for the LM), every labelled
+        position is a query over the prompt up to it: e.g. the end of each history item predicting
+        the next one (SASRec-style), so one forward yields many ranking examples.
+        """
         batch, length = hidden.shape[:2]
-        positions = torch.full((batch,), length - 1, dtype=torch.long, device=hidden.device)
-        if attention_mask is not None:  # the last attended token, for left or right padding
-            positions = (attention_mask.to(hidden.device).long() * torch.arange(length, device=hidden.device)).argmax(-1)
-        if labels is not None:
-            answered = labels.to(hidden.device) != -100
-            first = answered.long().argmax(-1) - 1
-            positions = torch.where(answered.any(-1) & (first >= 0), first, positions)
-        answer = hidden[torch.arange(batch, device=hidden.device), positions]
-        pooled = []
+        device = hidden.device
+        token_level = rank_labels is not None and rank_labels.ndim == 2
+        if token_level:
+            rows, cols = (rank_labels.to(device) != -100).nonzero(as_tuple=True)
+            targets = rank_labels.to(device)[rows, cols]
+        else:
+            cols = torch.full((batch,), length - 1, dtype=torch.long, device=device)
+            if attention_mask is not None:  # the last attended token, for left or right padding
+                cols = (attention_mask.to(device).long() * torch.arange(length, device=device)).argmax(-1)
+            if labels is not None:
+                answered = labels.to(device) != -100
+                first = answered.long().argmax(-1) - 1
+                cols = torch.where(answered.any(-1) & (first >= 0), first, cols)
+            rows, targets = torch.arange(batch, device=device), None if rank_labels is None else rank_labels.to(device)
+        pooled = []  # mean hidden state over the user / item tokens up to each query position
         for token_id in (self.config.user_token_id, self.config.item_token_id):
-            mask = (input_ids == token_id) if input_ids is not None and token_id is not None else torch.zeros(hidden.shape[:2], dtype=torch.bool)
-            mask = mask.to(hidden.device).unsqueeze(-1).to(hidden.dtype)
-            pooled.append((hidden * mask).sum(1) / mask.sum(1).clamp(min=1))
-        query = self.item_scorer.queries(answer, *pooled)
+            mask = torch.zeros(batch, length, 1, dtype=hidden.dtype, device=device)
+            if input_ids is not None and token_id is not None:
+                mask = (input_ids.to(device) == token_id).unsqueeze(-1).to(hidden.dtype)
+            sums, counts = (hidden * mask).cumsum(1), mask.cumsum(1)
+            pooled.append(sums[rows, cols] / counts[rows, cols].clamp(min=1))
+        query = self.item_scorer.queries(hidden[rows, cols], *pooled)
         if rank_item_tokens is None:
             if rank_item_ids is None:
                 rank_item_ids = torch.arange(self.config.num_items, device=self.device)
             rank_item_ids = torch.as_tensor(rank_item_ids, device=self.device).long()
             rank_item_tokens = self.get_item_tokens(item_ids=rank_item_ids.flatten()).unflatten(0, rank_item_ids.shape)
-        logits = self.item_scorer(query, rank_item_tokens)
-        if rank_labels is None:
+        per_row = rank_item_tokens.ndim == 4
+        logits = self.item_scorer(query, rank_item_tokens[rows] if per_row and token_level else rank_item_tokens)
+        if targets is None:
             return {"rank_logits": logits}
         if rank_item_ids is None:
             raise ValueError("rank_labels are catalog rows: pass `rank_item_ids` with `rank_item_tokens`.")
-        rank_labels = rank_labels.to(self.device)
-        ids = rank_item_ids if rank_item_ids.ndim == 2 else rank_item_ids.expand(batch, -1)
-        match = ids == rank_labels[:, None]
-        has = rank_labels != -100
+        ids = rank_item_ids[rows] if rank_item_ids.ndim == 2 else rank_item_ids.expand(len(rows), -1)
+        match = ids == targets[:, None]
+        has = targets != -100
         if not match[has].any(-1).all():
             raise ValueError("Every rank_label must be one of the rank_item_ids of its row.")
         if not has.any():
-            return {"rank_logits": logits, "loss_rank": logits.sum() * 0.0}  # keeps every rank in step under DDP
+            return {"rank_logits": logits, "loss_rank": query.sum() * 0.0}  # keeps every rank in step under DDP
         loss = nn.functional.cross_entropy(logits[has], match[has].float().argmax(-1))
         return {"rank_logits": logits, "loss_rank": loss}
 

@@ -134,3 +134,38 @@ def test_collator_gives_targets_of_ranking_tasks_and_seeded_negatives(processor)
     assert 2 in batch["rank_item_ids"].tolist() and len(set(batch["rank_item_ids"].tolist())) == len(batch["rank_item_ids"])
     assert torch.equal(collate(rows)["rank_item_ids"], batch["rank_item_ids"])
     assert "rank_labels" not in ChatCollator(processor)(rows)
+
+
+def test_token_level_labels_rank_at_every_labelled_position(model, processor):
+    """Token-level rank_labels: each labelled position is a query over its prompt prefix; the
+    answer position gives the same scores as the per-row form."""
+    train = answered(processor)
+    per_row = model(**train, rank_item_ids=torch.arange(6), rank_labels=torch.tensor([2, 5]))
+    token_level = torch.full_like(train["input_ids"], -100)
+    answer = (train["labels"] != -100).long().argmax(-1) - 1
+    token_level[0, answer[0]], token_level[1, answer[1]] = 2, 5
+    first_item_end = (train["input_ids"][0] == processor.item_token_id).nonzero().flatten()[QUERIES - 1]
+    token_level[0, first_item_end] = 1  # after the first history item, the second one ("2" is row 1)
+    out = model(**train, rank_item_ids=torch.arange(6), rank_labels=token_level)
+    assert out.rank_logits.shape == (3, 6)
+    torch.testing.assert_close(out.rank_logits[[1, 2]], per_row.rank_logits, atol=1e-5, rtol=1e-5)
+    # the prefix query sees nothing after its position: changing the second item leaves it unchanged
+    changed = dict(train, item_ids=train["item_ids"].clone())
+    changed["item_ids"][0, 1] = 4
+    again = model(**changed, rank_item_ids=torch.arange(6), rank_labels=token_level)
+    torch.testing.assert_close(again.rank_logits[0], out.rank_logits[0], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(again.rank_logits[1], out.rank_logits[1])
+    expected = torch.nn.functional.cross_entropy(out.rank_logits, torch.tensor([1, 2, 5]))
+    torch.testing.assert_close(out.loss_rank, expected)
+
+
+def test_collator_labels_each_history_item_with_the_next(processor):
+    chat = [{"role": "user", "content": "user <user> liked <item> , <item> and <item> ."}, {"role": "assistant", "content": "Heat (1995)"}]
+    rows = [{"task": "next_item_title", "messages": chat, "item_ids": ["1", "2", "4"], "user_ids": ["1"], "target_item_id": "3"}]
+    batch = ChatCollator(processor, ranking_negatives=2, ranking_history=True)(rows)
+    labelled = (batch["rank_labels"][0] != -100).nonzero().flatten()
+    assert batch["rank_labels"][0, labelled].tolist() == [1, 3, 2]  # items "2", "4", then the target "3"
+    item_positions = (batch["input_ids"][0] == processor.item_token_id).nonzero().flatten()
+    assert labelled[:2].tolist() == [item_positions[QUERIES - 1].item(), item_positions[2 * QUERIES - 1].item()]
+    assert labelled[2] == (batch["labels"][0] != -100).long().argmax() - 1
+    assert {1, 2, 3} <= set(batch["rank_item_ids"].tolist())

@@ -53,6 +53,9 @@ class FinetuneConfig(TrainerSettings):
     ranking_tasks: list | None = None  # default: next_item_title, candidate_selection
     ranking_negatives: int = 256
     ranking_loss_weight: float = 1.0
+    # SASRec-style: in next-item prompts, the end of every history item also predicts the next one,
+    # so one forward gives ~history_len ranking examples instead of one
+    ranking_history: bool = False
     # The learning curve: every `curve_steps` steps, validation HR@1 / NDCG@5 of the ranking head on
     # the first `curve_users` users of the 20-candidate protocol (one forward per user).
     curve_steps: int = 0
@@ -94,12 +97,16 @@ RANKING_TASKS = ("next_item_title", "candidate_selection")
 class ChatCollator:
     """Tokenizes chat examples with labels on the assistant turns only (right padding).
 
-    With `ranking_negatives`, also the ranking head's inputs: `rank_labels` (the target item's row
-    for rows of `ranking_tasks`, else -100) and `rank_item_ids` (the batch's targets plus that many
-    catalog items drawn uniformly, seeded per batch so a rerun draws the same)."""
+    With `ranking_negatives`, also the ranking head's inputs: `rank_labels`, the target item's row
+    for rows of `ranking_tasks` (else -100), and `rank_item_ids`, the batch's targets plus that many
+    catalog items drawn uniformly (seeded per batch, so a rerun draws the same). With
+    `ranking_history`, `rank_labels` are token-level: in next-item rows (history only) the last
+    token of each history item is labelled with the next item, and the answer's start with the target.
+    """
 
-    def __init__(self, processor, ranking_negatives=0, ranking_tasks=RANKING_TASKS, seed=0):
-        self.processor, self.ranking_negatives, self.ranking_tasks, self.seed = processor, ranking_negatives, set(ranking_tasks), seed
+    def __init__(self, processor, ranking_negatives=0, ranking_tasks=RANKING_TASKS, ranking_history=False, seed=0):
+        self.processor, self.ranking_negatives, self.ranking_tasks = processor, ranking_negatives, set(ranking_tasks)
+        self.ranking_history, self.seed = ranking_history, seed
 
     def __call__(self, rows):
         batch = dict(
@@ -117,12 +124,30 @@ class ChatCollator:
                 self.processor.rows([r["target_item_id"]])[0] if r["task"] in self.ranking_tasks and r["target_item_id"] else -100
                 for r in rows
             ]
+            rank_labels = torch.tensor(targets)
+            if self.ranking_history:
+                rank_labels = self.token_level(rows, batch, targets)
             # the same batch always draws the same negatives (a resumed run sees what it saw)
             rng = np.random.default_rng([self.seed, *sorted(batch["input_ids"].sum(-1).tolist())])
             drawn = rng.choice(len(self.processor.catalog["items"]), size=self.ranking_negatives, replace=False)
-            batch["rank_labels"] = torch.tensor(targets)
-            batch["rank_item_ids"] = torch.tensor(sorted(set(drawn.tolist()) | {t for t in targets if t >= 0}))
+            labelled = rank_labels[rank_labels >= 0].tolist()
+            batch["rank_labels"] = rank_labels
+            batch["rank_item_ids"] = torch.tensor(sorted(set(drawn.tolist()) | set(labelled)))
         return batch
+
+    def token_level(self, rows, batch, targets):
+        labels = torch.full_like(batch["input_ids"], -100)
+        queries = self.processor.num_query_tokens
+        for b, (row, target) in enumerate(zip(rows, targets)):
+            if target < 0:
+                continue
+            answer = int((batch["labels"][b] != -100).long().argmax()) - 1
+            labels[b, answer] = target
+            if row["task"] == "next_item_title":  # every item of the prompt is history, in order
+                ends = (batch["input_ids"][b] == self.processor.item_token_id).nonzero().flatten()[queries - 1 :: queries]
+                items = batch["item_ids"][b][batch["item_ids"][b] >= 0]
+                labels[b, ends[:-1]] = items[1:]
+        return labels
 
 
 class RankingCurveCallback(TrainerCallback):
@@ -240,6 +265,7 @@ def build_trainer(config: FinetuneConfig):
             processor,
             ranking_negatives=config.ranking_negatives if config.ranking_head else 0,
             ranking_tasks=config.ranking_tasks or RANKING_TASKS,
+            ranking_history=config.ranking_history,
             seed=config.seed,
         ),
     )
