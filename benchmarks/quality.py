@@ -29,6 +29,7 @@ RECOMMENDATION_HEAVY = {
 }
 # name -> (what the row adds, phase-2 overrides on top of the CPU preset's finetune section)
 ROWS = {
+    "preset": ("the CPU preset as shipped (ranking head, next-item labels at every history item)", {}),
     "tokens": ("ILM, bare item tokens, likelihood ranking (the previous preset)", {"ranking_head": False}),
     "head": ("+ ranking head (E4SRec-style), same data and steps", {"ranking_head": True}),
     "head_rec": ("+ recommendation-heavy task mix (next-item prompts, short)", {"ranking_head": True, "task_weights": RECOMMENDATION_HEAVY}),
@@ -68,7 +69,9 @@ def phase1(out: Path, preset: dict) -> Path:
     return out / "phase1" / "final"
 
 
-def run_row(name: str, out: Path, preset: dict, init: Path, users: int) -> dict:
+def run_row(name: str, out: Path, preset: dict, init: Path, users: int, trained: Path | None = None) -> dict:
+    """Trains the row's phase 2 (or takes the already trained phase-2 folder `trained`, e.g. the
+    main job's `runs/ml100k/phase2` for the "preset" row) and evaluates it on validation."""
     from modeling_ilm import ILMForConditionalGeneration, ILMProcessor
     from training.config import load_config
     from training.evaluate import evaluate_model
@@ -82,8 +85,12 @@ def run_row(name: str, out: Path, preset: dict, init: Path, users: int) -> dict:
     if overrides.get("ranking_head"):
         values.setdefault("curve_steps", max(1, values["max_steps"] // 4))
     start = time.time()
-    summary = finetune(load_config(FinetuneConfig, values))
-    train_s = time.time() - start
+    if trained is None:
+        summary = finetune(load_config(FinetuneConfig, values))
+    else:
+        row_dir = trained
+        summary = json.loads((trained / "phase2_results.json").read_text())
+    train_s = summary["time_s"]
     model = ILMForConditionalGeneration.from_pretrained(row_dir / "model").eval()
     processor = ILMProcessor.from_pretrained(row_dir / "model")
     start = time.time()
@@ -98,7 +105,8 @@ def run_row(name: str, out: Path, preset: dict, init: Path, users: int) -> dict:
         "results": results["models"][name],
         "curve": [e for e in summary["log_history"] if "eval_validation_hr@1_head" in e],
     }
-    (row_dir / "row.json").write_text(json.dumps(row, indent=2))
+    (out / name).mkdir(parents=True, exist_ok=True)
+    (out / name / "row.json").write_text(json.dumps(row, indent=2))
     return row
 
 
@@ -171,13 +179,15 @@ def main(argv=None):
     parser.add_argument("--out", default="runs/ladder")
     parser.add_argument("--rows", default=",".join(ROWS), help=f"comma list of {','.join(ROWS)}")
     parser.add_argument("--users", type=int, default=200)
+    parser.add_argument("--preset-run", help="phase-2 folder already trained with the preset (e.g. runs/ml100k/phase2) for the 'preset' row")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     out = Path(args.out)
     preset = yaml.safe_load(PRESET.read_text())
     init = phase1(out, preset)
     base = baselines(out, args.users)
-    rows = [run_row(name, out, preset, init, args.users) for name in args.rows.split(",")]
+    trained = {"preset": Path(args.preset_run)} if args.preset_run else {}
+    rows = [run_row(name, out, preset, init, args.users, trained.get(name)) for name in args.rows.split(",")]
     write_report(rows, base, args.users)
     print((HERE / "quality.md").read_text())
 

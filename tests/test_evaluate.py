@@ -353,7 +353,7 @@ class ScriptedChatModel:
     def __init__(self, processor, protocol):
         self.processor, self.protocol = processor, protocol
 
-    def generate(self, prompts, desc=""):
+    def generate(self, prompts, desc="", candidates=None):
         answers = []
         for prompt in prompts:
             u = prompt.user_ids[0]
@@ -449,6 +449,7 @@ SCHEMA = {
     "ranking_mean": {"hr@1", "ndcg@5"},
     "ranking_calibrated": {"hr@1", "ndcg@5"},
     "generation": {"valid_ratio", "hr@1", "hr@1_valid"},
+    "generation_constrained": {"valid_ratio", "hr@1", "hr@1_valid"},
     "full_catalog": {"exact_title_hit", "hr@10", "ndcg@10"},
 }
 ALIGNMENT_KEYS = {"title_exact_match", "genre_f1", "year_accuracy", "semantic_consistency"}

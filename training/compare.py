@@ -52,21 +52,27 @@ def run_phase1(settings, out):
     return rows
 
 
-def run_phase2(settings, out):
+def phase2_runs(settings, out):
+    """Row name -> phase-2 overrides of every variant but the main job's own."""
+    main_variant = settings["pretrain"].get("variant", "IT-II")
+    runs = {"ILM-rand": {"init": "scratch"}, "MLP adapter": {"init": "scratch", "adapter_type": "mlp"}}
+    runs |= {f"ILM ({v})": {"init": str(phase1_dir(out, v, main_variant) / "final")} for v in PHASE1_VARIANTS if v != main_variant}
+    return runs
+
+
+def run_phase2(settings, out, rows=None, sections=None):
     from training.evaluate import merge_results, write_report
 
-    main_variant = settings["pretrain"].get("variant", "IT-II")
-    runs = {f"ILM ({v})": {"init": str(phase1_dir(out, v, main_variant) / "final")} for v in PHASE1_VARIANTS if v != main_variant}
-    runs["ILM-rand"] = {"init": "scratch"}
-    runs["MLP adapter"] = {"init": "scratch", "adapter_type": "mlp"}
+    runs = {name: extra for name, extra in phase2_runs(settings, out).items() if rows is None or name in rows}
     results = [json.loads((out / "eval" / "results.json").read_text())]  # main job: baselines + ILM (main variant)
     for name, extra in runs.items():
         slug = name.lower().replace(" ", "-").replace("(", "").replace(")", "")
         folder = out / "variants" / f"phase2-{slug}"
         if not (folder / "phase2_results.json").exists():
-            values = {**settings["finetune"], **extra, "name": name, "data_dir": str(out / "data"), "output_dir": str(folder)}
+            # the learning curve is the main job's; variants skip it
+            values = {**settings["finetune"], "curve_steps": 0, **extra, "name": name, "data_dir": str(out / "data"), "output_dir": str(folder)}
             finetune(load_config(FinetuneConfig, values))
-        eval_settings = {**settings.get("evaluate", {}), "baselines": []}
+        eval_settings = {**settings.get("evaluate", {}), "baselines": [], **({"sections": sections} if sections else {})}
         results.append(evaluate_stage(eval_settings, folder / "model", out / "data", folder / "eval", name))
     merged = merge_results(results)
     write_report(merged, out / "variants")
@@ -79,12 +85,16 @@ def main(argv=None):
     parser.add_argument("--preset", default="cpu")
     parser.add_argument("--out", default="runs/ml100k")
     parser.add_argument("--stage", choices=("phase1", "all"), default="all")
+    parser.add_argument("--rows", help="comma list of phase-2 rows (default: all): ILM-rand,MLP adapter,ILM (IT),ILM (IT-UI)")
+    parser.add_argument("--sections", help="comma list of evaluation sections for the variants (default: all)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings, out = load_preset(args.preset), Path(args.out)
-    run_phase1(settings, out)
+    rows = args.rows.split(",") if args.rows else None
+    if rows is None or any(name.startswith("ILM (") for name in rows):
+        run_phase1(settings, out)
     if args.stage == "all":
-        run_phase2(settings, out)
+        run_phase2(settings, out, rows, args.sections.split(",") if args.sections else None)
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ def run(preset: str, out: str, seed: int = 0) -> dict:
     out = Path(out)
     data_dir, phase1_dir, phase2_dir, model_dir = out / "data", out / "phase1", out / "phase2", out / "model"
     timings = {}
-    section = lambda name, **paths: {**settings.get(name, {}), **{k: str(v) for k, v in paths.items()}}  # noqa: E731
+    section = lambda phase, **paths: {**settings.get(phase, {}), **{k: str(v) for k, v in paths.items()}}  # noqa: E731
 
     with stage("assets", timings):
         llm_path, qformer_path = assets.default_llm_path(), assets.default_qformer_path()
@@ -112,6 +112,8 @@ def evaluate_stage(settings, model_dir, data_dir, eval_dir, name):
     model = ILMForConditionalGeneration.from_pretrained(model_dir).eval()
     processor = ILMProcessor.from_pretrained(model_dir)
     common = dict(users=settings.get("users"), bootstrap=settings.get("bootstrap", 1000))
+    if settings.get("sections"):
+        common["sections"] = settings["sections"]
     ours = evaluate_model(model, processor, data_dir, name=name, alignment_rows=settings.get("alignment_rows"), **common)
     parts = [ours]
     if settings.get("baselines"):
