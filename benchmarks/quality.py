@@ -1,52 +1,56 @@
 """The quality ladder: one phase-2 run per lever, all ranked on the VALIDATION split.
 
-    python benchmarks/quality.py --out runs/ladder            # every row (≈ 8-12 min of CPU each)
-    python benchmarks/quality.py --out runs/ladder --rows head,head_rec
+    python benchmarks/quality.py --out runs/ladder                      # every row (≈ 10-15 min of CPU each)
+    python benchmarks/quality.py --out runs/ladder --rows tokens,preset
+    python benchmarks/quality.py --out runs/ladder --rows preset --trained preset=runs/ml100k/phase2
 
-Every row starts from the same phase-1 checkpoint (the CPU preset's, built in `--out` when absent)
-and is evaluated on the same first 200 validation users and the same 20 candidates, with 95%
-bootstrap CIs (resampled identically for every row, so rows compare paired). Popularity, ALS and
-the text-only LLM are evaluated on that protocol too. The test split is never looked at here: the
-chosen configuration is evaluated on it once, by `make main`.
+Each row's overrides apply to the CPU preset (`training/configs/cpu.yaml`); rows that change phase 1
+train their own phase 1 beside the preset's (`--out/phase1*`). All rows are evaluated on the same
+first 200 validation users and the same 20 candidates, with 95% bootstrap CIs (resampled alike for
+every row, so rows compare paired); popularity, ALS and the text-only LLM on that protocol too.
+`--trained NAME=DIR` evaluates a phase-2 folder trained elsewhere (e.g. by `make main`) as row NAME.
+The test split is never looked at here: the chosen configuration is evaluated on it once, by
+`make main`.
 
-Writes `--out/ladder.json`, `benchmarks/quality.md` (the table, with the minutes each row cost) and
-`benchmarks/learning_curve.png` (validation HR@1 of the ranking head against phase-2 steps).
+Writes `--out/NAME/row.json` per row, `benchmarks/quality.md` (the table, with the minutes each row
+cost) and `benchmarks/learning_curve.png` (validation HR@1 of the ranking head against phase-2 steps).
 """
 
 import argparse
 import json
 import logging
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 HERE = Path(__file__).parent
 PRESET = HERE.parent / "training" / "configs" / "cpu.yaml"
-RECOMMENDATION_HEAVY = {
-    "item_title": 1, "item_genres": 0.5, "item_year": 0.5, "next_item_title": 6, "candidate_selection": 1,
-    "user_profile": 0.25, "user_rating": 0.25, "similar_item": 1, "conversation": 0.5,
-}
-# name -> (what the row adds, phase-2 overrides on top of the CPU preset's finetune section)
+HEAD = ["ranking_head"]
+LIKELIHOOD = ["ranking", "ranking_mean", "ranking_calibrated"]
+
+
+@dataclass
+class Row:
+    adds: str  # what the row changes, against the row above it
+    finetune: dict = field(default_factory=dict)  # phase-2 overrides on top of the CPU preset
+    pretrain: dict = field(default_factory=dict)  # phase-1 overrides (a separate phase 1 when set)
+    sections: list = field(default_factory=lambda: list(HEAD))
+
+
+# The ladder, top to bottom; each row's overrides are relative to the CPU preset as shipped.
 ROWS = {
-    "preset": ("the CPU preset as shipped (ranking head, next-item labels at every history item)", {}),
-    "tokens": ("ILM, bare item tokens, likelihood ranking (the previous preset)", {"ranking_head": False}),
-    "head": ("+ ranking head (E4SRec-style), same data and steps", {"ranking_head": True}),
-    "head_rec": ("+ recommendation-heavy task mix (next-item prompts, short)", {"ranking_head": True, "task_weights": RECOMMENDATION_HEAVY}),
-    "head_rec_lr": (
-        "+ learning rate 1e-3 (from 3e-4)",
-        {"ranking_head": True, "task_weights": RECOMMENDATION_HEAVY, "learning_rate": 1.0e-3},
-    ),
-    "head_hist": (
-        "+ every history item predicts the next (SASRec-style ranking labels)",
-        {"ranking_head": True, "task_weights": RECOMMENDATION_HEAVY, "ranking_history": True},
-    ),
-    "head_rec_long": (
-        "+ 2x the phase-2 examples and steps",
-        {"ranking_head": True, "task_weights": RECOMMENDATION_HEAVY, "num_train_examples": 1920, "max_steps": 240},
-    ),
+    "tokens": Row("bare item tokens, likelihood ranking only (no ranking head)", {"ranking_head": False}, sections=LIKELIHOOD),
+    "head_llm_only": Row("+ ranking head whose query reads only the LLM's hidden states", {"ranking_item_similarity": False}),
+    "preset": Row("+ the head's query also holds the prompt's item tokens (starts as item-to-item similarity): the CPU preset",
+                  sections=LIKELIHOOD + HEAD),
+    "qformer_1_layer": Row("+ a 1-layer Q-Former (phase 1 and 2) instead of 4", pretrain={"num_hidden_layers": 1}),
+    "query_tokens_2": Row("+ 2 query tokens per item instead of 4", {"num_query_tokens": 2}, {"num_query_tokens": 2}),
+    "curriculum": Row("+ curriculum: the alignment tasks (title, genres, year) first, then the rest",
+                      {"curriculum": ["item_title", "item_genres", "item_year"]}),
+    "longer": Row("+ 2x the phase-2 examples and steps", {"num_train_examples": 1920, "max_steps": 240}),
 }
-EVAL_SECTIONS = ["ranking", "ranking_mean", "ranking_calibrated", "ranking_head"]
 METRICS = [
     ("HR@1 (likelihood, sum)", "ranking", "hr@1"),
     ("HR@1 (likelihood, mean)", "ranking_mean", "hr@1"),
@@ -57,19 +61,21 @@ METRICS = [
 ]
 
 
-def phase1(out: Path, preset: dict) -> Path:
+def phase1(out: Path, preset: dict, overrides: dict) -> Path:
+    """The preset's phase 1 in `out/phase1`, or one with `overrides` beside it."""
     from training.config import load_config
     from training.data import build_dataset
     from training.pretrain import PretrainConfig, pretrain
 
     if not (out / "data" / "stats.json").exists():
         build_dataset(out / "data", dataset="ml-100k", **{k: v for k, v in preset["data"].items() if k != "dataset"})
-    if not (out / "phase1" / "phase1_results.json").exists():
-        pretrain(load_config(PretrainConfig, {**preset["pretrain"], "data_dir": str(out / "data"), "output_dir": str(out / "phase1")}))
-    return out / "phase1" / "final"
+    folder = out / ("phase1" + "".join(f"_{k}={v}" for k, v in sorted(overrides.items())))
+    if not (folder / "phase1_results.json").exists():
+        pretrain(load_config(PretrainConfig, {**preset["pretrain"], **overrides, "data_dir": str(out / "data"), "output_dir": str(folder)}))
+    return folder / "final"
 
 
-def run_row(name: str, out: Path, preset: dict, init: Path, users: int, trained: Path | None = None) -> dict:
+def run_row(name: str, out: Path, preset: dict, users: int, trained: Path | None = None) -> dict:
     """Trains the row's phase 2 (or takes the already trained phase-2 folder `trained`, e.g. the
     main job's `runs/ml100k/phase2` for the "preset" row) and evaluates it on validation."""
     from modeling_ilm import ILMForConditionalGeneration, ILMProcessor
@@ -77,37 +83,33 @@ def run_row(name: str, out: Path, preset: dict, init: Path, users: int, trained:
     from training.evaluate import evaluate_model
     from training.finetune import FinetuneConfig, finetune
 
-    row_dir = out / name
-    if (row_dir / "row.json").exists():
-        return json.loads((row_dir / "row.json").read_text())
-    overrides = ROWS[name][1]
-    values = {**preset["finetune"], **overrides, "data_dir": str(out / "data"), "output_dir": str(row_dir), "init": str(init), "name": name}
-    if overrides.get("ranking_head"):
-        values.setdefault("curve_steps", max(1, values["max_steps"] // 4))
-    start = time.time()
+    if (out / name / "row.json").exists():
+        return json.loads((out / name / "row.json").read_text())
+    row = ROWS[name]
+    row_dir = trained or out / name
     if trained is None:
+        init = phase1(out, preset, row.pretrain)
+        values = {**preset["finetune"], **row.finetune, "data_dir": str(out / "data"), "output_dir": str(row_dir), "init": str(init), "name": name}
         summary = finetune(load_config(FinetuneConfig, values))
     else:
-        row_dir = trained
         summary = json.loads((trained / "phase2_results.json").read_text())
-    train_s = summary["time_s"]
     model = ILMForConditionalGeneration.from_pretrained(row_dir / "model").eval()
     processor = ILMProcessor.from_pretrained(row_dir / "model")
     start = time.time()
-    results = evaluate_model(model, processor, out / "data", name=name, split="validation", users=users, sections=EVAL_SECTIONS)
-    row = {
+    results = evaluate_model(model, processor, out / "data", name=name, split="validation", users=users, sections=row.sections)
+    record = {
         "name": name,
-        "adds": ROWS[name][0],
-        "overrides": overrides,
-        "phase2_min": round(train_s / 60, 1),
+        "adds": row.adds,
+        "overrides": {"finetune": row.finetune, "pretrain": row.pretrain},
+        "phase2_min": round(summary["time_s"] / 60, 1),
         "eval_min": round((time.time() - start) / 60, 1),
         "tokens_per_s": summary["train_tokens_per_second"],
         "results": results["models"][name],
         "curve": [e for e in summary["log_history"] if "eval_validation_hr@1_head" in e],
     }
     (out / name).mkdir(parents=True, exist_ok=True)
-    (out / name / "row.json").write_text(json.dumps(row, indent=2))
-    return row
+    (out / name / "row.json").write_text(json.dumps(record, indent=2))
+    return record
 
 
 def baselines(out: Path, users: int) -> dict:
@@ -115,7 +117,7 @@ def baselines(out: Path, users: int) -> dict:
 
     path = out / "baselines.json"
     if not path.exists():
-        results = evaluate_baselines(out / "data", split="validation", users=users, sections=EVAL_SECTIONS[:3])
+        results = evaluate_baselines(out / "data", split="validation", users=users, sections=LIKELIHOOD)
         path.write_text(json.dumps(results["models"], indent=2))
     return json.loads(path.read_text())
 
@@ -179,15 +181,17 @@ def main(argv=None):
     parser.add_argument("--out", default="runs/ladder")
     parser.add_argument("--rows", default=",".join(ROWS), help=f"comma list of {','.join(ROWS)}")
     parser.add_argument("--users", type=int, default=200)
-    parser.add_argument("--preset-run", help="phase-2 folder already trained with the preset (e.g. runs/ml100k/phase2) for the 'preset' row")
+    parser.add_argument("--trained", action="append", default=[], metavar="NAME=DIR", help="a phase-2 folder already trained as row NAME")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     out = Path(args.out)
     preset = yaml.safe_load(PRESET.read_text())
-    init = phase1(out, preset)
     base = baselines(out, args.users)
-    trained = {"preset": Path(args.preset_run)} if args.preset_run else {}
-    rows = [run_row(name, out, preset, init, args.users, trained.get(name)) for name in args.rows.split(",")]
+    trained = {name: Path(folder) for name, folder in (item.split("=", 1) for item in args.trained)}
+    check = [name for name in args.rows.split(",") if name not in ROWS]
+    if check:
+        parser.error(f"unknown rows {check}: choose from {','.join(ROWS)}")
+    rows = [run_row(name, out, preset, args.users, trained.get(name)) for name in args.rows.split(",")]
     write_report(rows, base, args.users)
     print((HERE / "quality.md").read_text())
 

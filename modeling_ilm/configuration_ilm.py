@@ -57,6 +57,9 @@ class ILMConfig(PreTrainedConfig):
             catalog. Trained with a softmax over items beside the answer loss (`rank_labels`).
         ranking_dim (`int`):
             Width of the ranking head's query/key space.
+        ranking_item_similarity (`bool`):
+            The ranking head's query also holds the prompt's item tokens through the key projection,
+            and its LLM terms start at zero: training starts from item-to-item similarity.
         ranking_loss_weight (`float`):
             Weight of the ranking loss next to the answer (next-token) loss.
         text_decoder_bos_token_id (`int`):
@@ -99,6 +102,7 @@ class ILMConfig(PreTrainedConfig):
     phase1_loss_weights: dict | None = None
     ranking_head: bool = False
     ranking_dim: int = 256
+    ranking_item_similarity: bool = True
     ranking_loss_weight: float = 1.0
     text_decoder_bos_token_id: int = 2  # "[unused1]" in BERT vocabularies
     text_pooling: str = "mean"

@@ -63,6 +63,11 @@ class ILMItemScorer(nn.Module):
     what they consumed; the answer position alone barely varies between users of one template).
     The key reads an item's tokens, the same ones the LLM reads, so the head ranks any item the
     encoder can encode (the whole catalog in one forward) and its gradient trains the encoder too.
+
+    With `config.ranking_item_similarity`, the query also holds the prompt's own item tokens through
+    the key projection, and the LLM terms start at zero: at step 0 the head ranks by similarity to
+    the consumed items (item-to-item, which carries most of the CF signal) and training adds what the
+    LLM reads from the context. Without it, a few hundred steps barely leave popularity.
     """
 
     def __init__(self, config: ILMConfig):
@@ -73,12 +78,17 @@ class ILMItemScorer(nn.Module):
         })
         self.key = nn.Sequential(nn.LayerNorm(llm_hidden), nn.Linear(llm_hidden, dim))
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+        self.item_similarity = config.ranking_item_similarity
 
-    def queries(self, answer: torch.Tensor, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    def queries(self, answer: torch.Tensor, users: torch.Tensor, items: torch.Tensor, item_inputs: torch.Tensor) -> torch.Tensor:
         """Each `(batch, llm_hidden)`: the answer position's state, the mean state over the user
-        tokens and over the item tokens (zeros where a prompt has none)."""
+        tokens and over the item tokens, and the mean of the item tokens themselves as the LLM
+        reads them (zeros where a prompt has none)."""
         parts = {"answer": answer, "user": users, "item": items}
-        query = sum(self.query[name](value.to(self.logit_scale.dtype)) for name, value in parts.items())
+        dtype = self.logit_scale.dtype
+        query = sum(self.query[name](value.to(dtype)) for name, value in parts.items())
+        if self.item_similarity:
+            query = query + self.key(item_inputs.to(dtype))
         return nn.functional.normalize(query, dim=-1)
 
     def forward(self, queries: torch.Tensor, item_tokens: torch.Tensor) -> torch.Tensor:
@@ -259,6 +269,10 @@ class ILMPreTrainedModel(PreTrainedModel):
             init.copy_(module.position_ids, torch.arange(module.position_ids.shape[-1]).expand((1, -1)))
         elif isinstance(module, ILMItemScorer):
             init.constant_(module.logit_scale, math.log(1 / 0.07))
+            if module.item_similarity:  # start as item-to-item similarity; the LLM terms grow from zero
+                for part in module.query.values():
+                    init.zeros_(part[1].weight)
+                    init.zeros_(part[1].bias)
 
     def _build_item_encoder(self, config: ILMConfig):
         self.cf_embeddings = ILMCFEmbeddings(config)
@@ -324,7 +338,7 @@ class ILMForConditionalGeneration(ILMPreTrainedModel, GenerationMixin):
         self.language_model = _with_lora(self.language_model, lora_config)
         self.freeze_language_model()
 
-    def enable_ranking_head(self, ranking_dim: int | None = None, ranking_loss_weight: float | None = None):
+    def enable_ranking_head(self, ranking_dim: int | None = None, ranking_loss_weight: float | None = None, item_similarity: bool | None = None):
         """Adds the ranking head (`config.ranking_head`) to a model built without it, e.g. one
         loaded from a phase-1 checkpoint. Saved and loaded with the model."""
         if self.item_scorer is not None:
@@ -333,6 +347,8 @@ class ILMForConditionalGeneration(ILMPreTrainedModel, GenerationMixin):
         self.config.ranking_dim = ranking_dim or self.config.ranking_dim
         if ranking_loss_weight is not None:
             self.config.ranking_loss_weight = ranking_loss_weight
+        if item_similarity is not None:
+            self.config.ranking_item_similarity = item_similarity
         self.item_scorer = ILMItemScorer(self.config).to(self.device)
         self.item_scorer.apply(self._init_weights)
 
@@ -488,7 +504,7 @@ class ILMForConditionalGeneration(ILMPreTrainedModel, GenerationMixin):
             **kwargs,
         ))
         if rank:
-            outputs.update(self._rank(outputs["hidden_states"][-1], input_ids, attention_mask, labels, rank_labels, rank_item_ids, rank_item_tokens))
+            outputs.update(self._rank(outputs["hidden_states"][-1], inputs_embeds, input_ids, attention_mask, labels, rank_labels, rank_item_ids, rank_item_tokens))
             if not want_hidden:
                 outputs.pop("hidden_states")
             if outputs.get("loss_rank") is not None:
@@ -497,7 +513,7 @@ class ILMForConditionalGeneration(ILMPreTrainedModel, GenerationMixin):
                 outputs["loss"] = weighted if outputs["loss_lm"] is None else outputs["loss_lm"] + weighted
         return ILMCausalLMOutputWithPast(**outputs, item_tokens=new_item_tokens, user_tokens=new_user_tokens)
 
-    def _rank(self, hidden, input_ids, attention_mask, labels, rank_labels, rank_item_ids, rank_item_tokens) -> dict:
+    def _rank(self, hidden, inputs_embeds, input_ids, attention_mask, labels, rank_labels, rank_item_ids, rank_item_tokens) -> dict:
         """Ranking-head scores (and loss, with `rank_labels`).
 
         Per row (`rank_labels` absent or `(batch,)`), the query is read where the answer starts.
@@ -520,12 +536,12 @@ class ILMForConditionalGeneration(ILMPreTrainedModel, GenerationMixin):
                 first = answered.long().argmax(-1) - 1
                 cols = torch.where(answered.any(-1) & (first >= 0), first, cols)
             rows, targets = torch.arange(batch, device=device), None if rank_labels is None else rank_labels.to(device)
-        pooled = []  # mean hidden state over the user / item tokens up to each query position
-        for token_id in (self.config.user_token_id, self.config.item_token_id):
+        pooled = []  # means up to each query position: hidden states over user / item tokens, item token inputs
+        for token_id, states in ((self.config.user_token_id, hidden), (self.config.item_token_id, hidden), (self.config.item_token_id, inputs_embeds)):
             mask = torch.zeros(batch, length, 1, dtype=hidden.dtype, device=device)
             if input_ids is not None and token_id is not None:
                 mask = (input_ids.to(device) == token_id).unsqueeze(-1).to(hidden.dtype)
-            sums, counts = (hidden * mask).cumsum(1), mask.cumsum(1)
+            sums, counts = (states.to(device, hidden.dtype) * mask).cumsum(1), mask.cumsum(1)
             pooled.append(sums[rows, cols] / counts[rows, cols].clamp(min=1))
         query = self.item_scorer.queries(hidden[rows, cols], *pooled)
         if rank_item_tokens is None:

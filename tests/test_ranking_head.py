@@ -21,13 +21,13 @@ def processor(tiny_components):
     return ILMProcessor.from_components(tiny_components["llm"], catalog=CATALOG, num_query_tokens=QUERIES)
 
 
-def build(tiny_components, processor, adapter_type="qformer"):
+def build(tiny_components, processor, adapter_type="qformer", **config):
     torch.manual_seed(0)
     return ILMForConditionalGeneration.from_components(
         tiny_components["llm"], tiny_components["bert"],
         item_token_id=processor.item_token_id, user_token_id=processor.user_token_id,
         num_query_tokens=QUERIES, adapter_type=adapter_type, mlp_hidden_size=16, ranking_head=True, ranking_dim=16,
-        item_embeddings=torch.randn(len(CATALOG["items"]), 8), user_embeddings=torch.randn(len(CATALOG["users"]), 8),
+        item_embeddings=torch.randn(len(CATALOG["items"]), 8), user_embeddings=torch.randn(len(CATALOG["users"]), 8), **config,
     ).eval()
 
 
@@ -53,6 +53,21 @@ def test_scores_the_catalog_shared_or_per_row_candidates_and_precomputed_tokens(
     torch.testing.assert_close(model.score_items(**inputs, candidate_tokens=tokens[per_row]), scores)
     # the scores do not depend on which other items are ranked
     torch.testing.assert_close(model.score_items(**inputs, candidate_ids=torch.tensor([2]))[:, 0], catalog[:, 2])
+
+
+@torch.no_grad()
+def test_head_starts_as_similarity_to_the_prompts_items(tiny_components, processor):
+    model = build(tiny_components, processor)
+    tokens = model.get_item_tokens(torch.arange(len(CATALOG["items"])))
+    prompt_items = torch.stack([tokens[processor.rows(ids)].mean((0, 1)) for ids in ITEMS])
+    keys = lambda x: torch.nn.functional.normalize(model.item_scorer.key(x), dim=-1)  # noqa: E731
+    expected = model.item_scorer.logit_scale.exp() * keys(prompt_items) @ keys(tokens.mean(1)).T
+    inputs = processor(messages=PROMPTS, item_ids=ITEMS, user_ids=USERS)
+    torch.testing.assert_close(model.score_items(**inputs), expected)
+    # switched off, the query is the LLM's view alone, initialised as usual
+    plain = build(tiny_components, processor, ranking_item_similarity=False)
+    assert all(part[1].weight.abs().sum() > 0 for part in plain.item_scorer.query.values())
+    assert not torch.allclose(plain.score_items(**inputs), expected)
 
 
 @torch.no_grad()

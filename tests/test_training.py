@@ -1,6 +1,7 @@
 """Phase 1 and phase 2 scripts end to end on tiny components and the small generic data fixture:
 configs, task mixing, resume after a kill, and checkpoints that load into the next stage."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -128,6 +129,29 @@ def test_phase2_batches_group_examples_of_similar_length(tiny_components, data_d
 
     grouped, random = padded_fraction(True), padded_fraction(False)
     assert grouped < 0.5 * random, (grouped, random)
+
+
+def test_phase2_curriculum_puts_the_first_tasks_first_in_length_grouped_batches(tiny_components, data_dir, phase1_dir, tmp_path):
+    first = ["item_title", "item_genres"]
+    config = FinetuneConfig(
+        data_dir=str(data_dir), output_dir=str(tmp_path), init=str(phase1_dir / "final"), llm=tiny_components["llm"],
+        num_query_tokens=2, num_cf_tokens=2, num_train_examples=64, batch_size=4, curriculum=first,
+    )
+
+    def stages_and_padding(config):
+        trainer, _, _ = build_trainer(config)
+        assert trainer.args.train_sampling_strategy == "sequential"  # the Trainer keeps the order given
+        masks = [batch["attention_mask"] for batch in trainer.get_train_dataloader()]
+        assert sum(int(m.sum()) for m in masks) == sum(trainer.train_dataset["length"]) and len(trainer.train_dataset) == 64  # each once
+        return [task in first for task in trainer.train_dataset["task"]], 1 - sum(int(m.sum()) for m in masks) / sum(m.numel() for m in masks)
+
+    in_first, grouped = stages_and_padding(config)
+    assert 0 < sum(in_first) < len(in_first) and in_first == sorted(in_first, reverse=True)  # first stage, then the rest
+    in_first_shuffled, shuffled = stages_and_padding(dataclasses.replace(config, group_by_length=False))
+    assert sorted(in_first_shuffled) == sorted(in_first) and in_first_shuffled == sorted(in_first_shuffled, reverse=True)
+    assert grouped < 0.5 * shuffled, (grouped, shuffled)
+    with pytest.raises(ValueError, match="curriculum names tasks"):
+        build_trainer(dataclasses.replace(config, curriculum=["no_such_task"]))
 
 
 def test_phase2_rejects_a_query_count_mismatch(tiny_components, data_dir, phase1_dir, tmp_path):

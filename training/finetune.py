@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from datasets import load_from_disk
 from transformers import TrainerCallback
+from transformers.trainer_pt_utils import get_length_grouped_indices
 from safetensors.torch import load_file
 
 from modeling_ilm import ILMForConditionalGeneration, ILMProcessor
@@ -53,6 +54,7 @@ class FinetuneConfig(TrainerSettings):
     ranking_tasks: list | None = None  # default: next_item_title, candidate_selection
     ranking_negatives: int = 256
     ranking_loss_weight: float = 1.0
+    ranking_item_similarity: bool = True  # the head starts as item-to-item similarity (ILMConfig.ranking_item_similarity)
     # SASRec-style: in next-item prompts, the end of every history item also predicts the next one,
     # so one forward gives ~history_len ranking examples instead of one
     ranking_history: bool = False
@@ -67,6 +69,9 @@ class FinetuneConfig(TrainerSettings):
     # Batches of similar length: the task mix spans 50-260 tokens, so random batches of 8 are half
     # padding (CPU preset: 224k padded tokens for 112k real ones; grouped: 115k).
     group_by_length: bool = True
+    # Curriculum: the examples of these tasks (e.g. [item_title, item_genres, item_year]) all come
+    # first, then the rest; each stage in length-grouped batches. None: one shuffled mix.
+    curriculum: list | None = None
     batch_size: int = 8
     max_steps: int = 250
     eval_steps: int = 0
@@ -89,6 +94,28 @@ def mixed_examples(dataset, task_weights, size, seed):
     drawn = rng.choice(len(names), size=size, p=probs / probs.sum())
     by_task = {t: np.flatnonzero(tasks == t) for t in names}
     return [int(rng.choice(by_task[names[k]])) for k in drawn]
+
+
+def curriculum_order(train, first_tasks, batch_size, seed):
+    """`train` reordered: every example of `first_tasks`, then the others. Within a stage, batches
+    hold examples of similar length (transformers' grouping, over the whole stage) and come in a
+    shuffled order, so length (which tracks the task) does not order the stage; batch_size 1: a
+    plain shuffle."""
+    unknown = set(first_tasks) - set(train["task"])
+    if unknown:
+        raise ValueError(f"curriculum names tasks {sorted(unknown)} that the drawn examples lack; tasks: {sorted(set(train['task']))}.")
+    generator = torch.Generator().manual_seed(seed)
+    order = []
+    for stage in (True, False):
+        rows = [i for i, task in enumerate(train["task"]) if (task in first_tasks) == stage]
+        grouped = get_length_grouped_indices([train["length"][i] for i in rows], batch_size, mega_batch_mult=len(rows), generator=generator)
+        # the DataLoader cuts batches from the start: fill the batch the first stage left open, so
+        # this stage's batches stay whole; a short last batch stays last
+        head = -len(order) % batch_size
+        batches = [grouped[i : i + batch_size] for i in range(head, len(grouped), batch_size)]
+        full = [batches[b] for b in torch.randperm(len(batches), generator=generator).tolist() if len(batches[b]) == batch_size]
+        order += [rows[i] for batch in [grouped[:head], *full, *(b for b in batches if len(b) < batch_size)] for i in batch]
+    return train.select(order)
 
 
 RANKING_TASKS = ("next_item_title", "candidate_selection")
@@ -219,7 +246,7 @@ def build_model_and_processor(config: FinetuneConfig):
     if config.lora and not model.config.lora_config:
         model.enable_lora(**config.lora)
     if config.ranking_head and model.item_scorer is None:
-        model.enable_ranking_head(ranking_loss_weight=config.ranking_loss_weight)
+        model.enable_ranking_head(ranking_loss_weight=config.ranking_loss_weight, item_similarity=config.ranking_item_similarity)
     if model.config.num_items != len(catalog["items"]):
         raise ValueError(f"The model's CF table has {model.config.num_items} items, the catalog {len(catalog['items'])}.")
     return model, processor
@@ -249,6 +276,8 @@ def build_trainer(config: FinetuneConfig):
     train = short_enough("train", mixed_examples(phase2["train"], config.task_weights, config.num_train_examples, config.seed))
     evaluation = short_enough("validation", mixed_examples(phase2["validation"], config.task_weights, config.num_eval_examples, config.seed)) if config.eval_steps else None
     logger.info("Phase-2 examples: %s", lengths)
+    if config.curriculum:
+        train = curriculum_order(train, config.curriculum, config.batch_size if config.group_by_length else 1, config.seed)
 
     trainer = Phase2Trainer(
         model=model,
@@ -256,7 +285,7 @@ def build_trainer(config: FinetuneConfig):
             config,
             prediction_loss_only=True,
             per_device_eval_batch_size=config.batch_size,
-            train_sampling_strategy="group_by_length" if config.group_by_length else "random",
+            train_sampling_strategy="sequential" if config.curriculum else "group_by_length" if config.group_by_length else "random",
         ),
         train_dataset=train,
         eval_dataset=evaluation,
