@@ -1,7 +1,7 @@
 """The quality ladder: one phase-2 run per lever, all ranked on the VALIDATION split.
 
     python benchmarks/quality.py --out runs/ladder                      # every row (≈ 10-15 min of CPU each)
-    python benchmarks/quality.py --out runs/ladder --rows tokens,preset
+    python benchmarks/quality.py --out runs/ladder --rows qformer_1_layer,preset
     python benchmarks/quality.py --out runs/ladder --rows preset --trained preset=runs/ml100k/phase2
 
 Each row's overrides apply to the CPU preset (`training/configs/cpu.yaml`); rows that change phase 1
@@ -203,14 +203,15 @@ def main(argv=None):
     parser.add_argument("--trained", action="append", default=[], metavar="NAME=DIR", help="a phase-2 folder already trained as row NAME")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    names = args.rows.split(",")
+    unknown = [name for name in names if name not in ROWS]
+    if unknown:
+        parser.error(f"unknown rows {unknown}: choose from {','.join(ROWS)}")
     out = Path(args.out)
     preset = yaml.safe_load(PRESET.read_text())
     base = baselines(out, args.users)
     trained = {name: Path(folder) for name, folder in (item.split("=", 1) for item in args.trained)}
-    check = [name for name in args.rows.split(",") if name not in ROWS]
-    if check:
-        parser.error(f"unknown rows {check}: choose from {','.join(ROWS)}")
-    rows = [run_row(name, out, preset, args.users, trained.get(name)) for name in args.rows.split(",")]
+    rows = [run_row(name, out, preset, args.users, trained.get(name)) for name in names]
     write_report(rows, base, args.users)
     print((HERE / "quality.md").read_text())
 

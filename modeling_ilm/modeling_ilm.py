@@ -536,14 +536,19 @@ class ILMForConditionalGeneration(ILMPreTrainedModel, GenerationMixin):
                 first = answered.long().argmax(-1) - 1
                 cols = torch.where(answered.any(-1) & (first >= 0), first, cols)
             rows, targets = torch.arange(batch, device=device), None if rank_labels is None else rank_labels.to(device)
-        pooled = []  # means up to each query position: hidden states over user / item tokens, item token inputs
-        for token_id, states in ((self.config.user_token_id, hidden), (self.config.item_token_id, hidden), (self.config.item_token_id, inputs_embeds)):
-            mask = torch.zeros(batch, length, 1, dtype=hidden.dtype, device=device)
+        masks = {}  # where the user / item tokens are
+        for kind, token_id in (("user", self.config.user_token_id), ("item", self.config.item_token_id)):
+            masks[kind] = torch.zeros(batch, length, 1, dtype=hidden.dtype, device=device)
             if input_ids is not None and token_id is not None:
-                mask = (input_ids.to(device) == token_id).unsqueeze(-1).to(hidden.dtype)
+                masks[kind] = (input_ids.to(device) == token_id).unsqueeze(-1).to(hidden.dtype)
+
+        def prefix_mean(states, mask):  # mean of `states` over the masked positions up to each query position
             sums, counts = (states.to(device, hidden.dtype) * mask).cumsum(1), mask.cumsum(1)
-            pooled.append(sums[rows, cols] / counts[rows, cols].clamp(min=1))
-        query = self.item_scorer.queries(hidden[rows, cols], *pooled)
+            return sums[rows, cols] / counts[rows, cols].clamp(min=1)
+
+        query = self.item_scorer.queries(
+            hidden[rows, cols], prefix_mean(hidden, masks["user"]), prefix_mean(hidden, masks["item"]), prefix_mean(inputs_embeds, masks["item"])
+        )
         if rank_item_tokens is None:
             if rank_item_ids is None:
                 rank_item_ids = torch.arange(self.config.num_items, device=self.device)
