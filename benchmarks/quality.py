@@ -29,6 +29,8 @@ HERE = Path(__file__).parent
 PRESET = HERE.parent / "training" / "configs" / "cpu.yaml"
 HEAD = ["ranking_head"]
 LIKELIHOOD = ["ranking", "ranking_mean", "ranking_calibrated"]
+GENERATION = ["generation"]
+PRESET_WEIGHTS = yaml.safe_load(PRESET.read_text())["finetune"]["task_weights"]
 
 
 @dataclass
@@ -36,6 +38,7 @@ class Row:
     adds: str  # what the row changes, against the row above it
     finetune: dict = field(default_factory=dict)  # phase-2 overrides on top of the CPU preset
     pretrain: dict = field(default_factory=dict)  # phase-1 overrides (a separate phase 1 when set)
+    data: dict = field(default_factory=dict)  # data-build overrides (a separate build and phase 1 when set)
     sections: list = field(default_factory=lambda: list(HEAD))
 
 
@@ -51,6 +54,11 @@ ROWS = {
     "preset": Row("+ 200 phase-2 steps (1600 examples) instead of 120: the CPU preset", sections=LIKELIHOOD + HEAD),
     "curriculum": Row("preset + curriculum: the alignment tasks (title, genres, year) first, then the rest",
                       {"curriculum": ["item_title", "item_genres", "item_year"]}),
+    "candidate_titles": Row("preset + candidate lists shown as \"Title <item>\" and 3x the candidate-selection examples",
+                            {"task_weights": {**PRESET_WEIGHTS, "candidate_selection": 3}},
+                            data={"candidate_titles": True}, sections=HEAD + GENERATION),
+    "shuffled_batches": Row("preset + its length-grouped batches in a shuffled order (transformers' megabatches run 50 "
+                            "batches longest to shortest: streaks of one task)", {"shuffle_batches": True}),
 }
 # Measured by hand on the same 200 validation users while building the ladder (no training involved
 # unless said): what each representation of an item ranks by itself, as item-to-item similarity to
@@ -66,6 +74,17 @@ DIAGNOSTICS = [
     "0.18-0.21 after; a candidate-selection task in the ranking rows let the head learn \"pick what the prompt lists\" "
     "(rank loss ~1.0 there), so ranking labels come from next-item prompts only; learning rate 1e-3 instead of 3e-4: 0.20 at "
     "step 30 against 0.245.",
+    "- Greedy answers to the candidate prompt never name a candidate with bare item tokens (valid ratio 0.000 on test); with "
+    "candidate titles in the prompt (candidate_titles) 0.745 [0.685, 0.805] do, but the choice is at chance (HR@1 0.040), "
+    "and those long prompts (~450 tokens) cost ~9 more minutes of phase 2, so the preset keeps bare tokens.",
+    "- Head-guided decoding (the candidates' titles as a prefix trie, each path weighted by the ranking head's best "
+    "reachable score; shuffled_batches model, same users): guide weight 1: valid 1.000, HR@1 0.265; 10: 0.380; 100: "
+    "0.410, the head's own HR@1, so evaluation and the demo use 100 (`GUIDE_WEIGHT`).",
+    "- shuffled_batches: transformers' length grouping runs each megabatch of 50 batches from longest to shortest, so "
+    "next-item batches (the ranking head's only labels) come in streaks and the head drifts between them (preset curve "
+    "0.305 -> 0.280 at steps 50-100; candidate_titles 0.225 at step 100); shuffled batches give a monotone curve.",
+    "- Minutes of candidate_titles and shuffled_batches were taken while other jobs (tests, a diagnostic) ran beside "
+    "them, so they overstate the cost (the main job's split in README is measured alone).",
     "- Not measured here: 1 or 2 query tokens per item, and shorter recommendation prompts (without the 10-item history).",
 ]
 METRICS = [
@@ -75,20 +94,35 @@ METRICS = [
     ("HR@1 (ranking head)", "ranking_head", "hr@1"),
     ("NDCG@5 (ranking head)", "ranking_head", "ndcg@5"),
     ("HR@10 (head, full catalog)", "ranking_head", "full_catalog_hr@10"),
+    ("valid ratio (greedy)", "generation", "valid_ratio"),
+    ("HR@1 (greedy)", "generation", "hr@1"),
 ]
 
 
-def phase1(out: Path, preset: dict, overrides: dict) -> Path:
-    """The preset's phase 1 in `out/phase1`, or one with `overrides` beside it."""
-    from training.config import load_config
+def suffix(overrides: dict) -> str:
+    return "".join(f"_{k}={v}" for k, v in sorted(overrides.items()))
+
+
+def data_dir(out: Path, preset: dict, overrides: dict) -> Path:
+    """The preset's data build in `out/data`, or one with `overrides` beside it."""
     from training.data import build_dataset
+
+    folder = out / ("data" + suffix(overrides))
+    if not (folder / "stats.json").exists():
+        settings = {k: v for k, v in {**preset["data"], **overrides}.items() if k != "dataset"}
+        build_dataset(folder, dataset="ml-100k", **settings)
+    return folder
+
+
+def phase1(out: Path, preset: dict, overrides: dict, data: dict) -> Path:
+    """The preset's phase 1 in `out/phase1`, or one with phase-1 or data `overrides` beside it."""
+    from training.config import load_config
     from training.pretrain import PretrainConfig, pretrain
 
-    if not (out / "data" / "stats.json").exists():
-        build_dataset(out / "data", dataset="ml-100k", **{k: v for k, v in preset["data"].items() if k != "dataset"})
-    folder = out / ("phase1" + "".join(f"_{k}={v}" for k, v in sorted(overrides.items())))
+    folder = out / ("phase1" + suffix(overrides) + suffix(data))
     if not (folder / "phase1_results.json").exists():
-        pretrain(load_config(PretrainConfig, {**preset["pretrain"], **overrides, "data_dir": str(out / "data"), "output_dir": str(folder)}))
+        values = {**preset["pretrain"], **overrides, "data_dir": str(data_dir(out, preset, data)), "output_dir": str(folder)}
+        pretrain(load_config(PretrainConfig, values))
     return folder / "final"
 
 
@@ -104,20 +138,21 @@ def run_row(name: str, out: Path, preset: dict, users: int, trained: Path | None
         return json.loads((out / name / "row.json").read_text())
     row = ROWS[name]
     row_dir = trained or out / name
+    data = data_dir(out, preset, row.data)
     if trained is None:
-        init = phase1(out, preset, row.pretrain)
-        values = {**preset["finetune"], **row.finetune, "data_dir": str(out / "data"), "output_dir": str(row_dir), "init": str(init), "name": name}
+        init = phase1(out, preset, row.pretrain, row.data)
+        values = {**preset["finetune"], **row.finetune, "data_dir": str(data), "output_dir": str(row_dir), "init": str(init), "name": name}
         summary = finetune(load_config(FinetuneConfig, values))
     else:
         summary = json.loads((trained / "phase2_results.json").read_text())
     model = ILMForConditionalGeneration.from_pretrained(row_dir / "model").eval()
     processor = ILMProcessor.from_pretrained(row_dir / "model")
     start = time.time()
-    results = evaluate_model(model, processor, out / "data", name=name, split="validation", users=users, sections=row.sections)
+    results = evaluate_model(model, processor, data, name=name, split="validation", users=users, sections=row.sections)
     record = {
         "name": name,
         "adds": row.adds,
-        "overrides": {"finetune": row.finetune, "pretrain": row.pretrain},
+        "overrides": {"finetune": row.finetune, "pretrain": row.pretrain, "data": row.data},
         "phase2_min": round(summary["time_s"] / 60, 1),
         "eval_min": round((time.time() - start) / 60, 1),
         "tokens_per_s": summary["train_tokens_per_second"],
@@ -129,12 +164,12 @@ def run_row(name: str, out: Path, preset: dict, users: int, trained: Path | None
     return record
 
 
-def baselines(out: Path, users: int) -> dict:
+def baselines(out: Path, preset: dict, users: int) -> dict:
     from training.evaluate import evaluate_baselines
 
     path = out / "baselines.json"
     if not path.exists():
-        results = evaluate_baselines(out / "data", split="validation", users=users, sections=LIKELIHOOD)
+        results = evaluate_baselines(data_dir(out, preset, {}), split="validation", users=users, sections=LIKELIHOOD)
         path.write_text(json.dumps(results["models"], indent=2))
     return json.loads(path.read_text())
 
@@ -209,7 +244,7 @@ def main(argv=None):
         parser.error(f"unknown rows {unknown}: choose from {','.join(ROWS)}")
     out = Path(args.out)
     preset = yaml.safe_load(PRESET.read_text())
-    base = baselines(out, args.users)
+    base = baselines(out, preset, args.users)
     trained = {name: Path(folder) for name, folder in (item.split("=", 1) for item in args.trained)}
     rows = [run_row(name, out, preset, args.users, trained.get(name)) for name in names]
     write_report(rows, base, args.users)

@@ -49,17 +49,22 @@ class TitleTrie:
         self.root: dict = {}
         self._finished: dict = {}  # sentinel node reached through eos; every prefix past it is "done"
         self.sequences: list[list[int]] = []
+        self._reach: dict = {}  # id(node) -> indices of the titles whose path passes through it
+        self._ends: dict = {}  # id(node) -> indices of the titles complete at it
         titles = list(titles)
         encoded = tokenizer(titles, add_special_tokens=False)["input_ids"] if titles else []
         for ids in encoded:
             ids = [int(t) for t in ids]
             if self.eos_token_id in ids:
                 raise ValueError(f"A title tokenizes to the end-of-turn token {self.eos_token_id}: {ids}.")
+            index = len(self.sequences)
             self.sequences.append(ids + [self.eos_token_id])
             node = self.root
             for token in ids:
                 node = node.setdefault(token, {})
+                self._reach.setdefault(id(node), []).append(index)
             node[self.eos_token_id] = self._finished
+            self._ends.setdefault(id(node), []).append(index)
         self._tensors: dict = {}  # (id(node), device) -> LongTensor of allowed ids
 
     def __len__(self) -> int:
@@ -93,6 +98,18 @@ class TitleTrie:
             return list(self.done)
         return list(node)
 
+    def best_continuation(self, prefix_ids, title_scores: torch.Tensor) -> dict[int, float]:
+        """For each allowed next token, the best score (`title_scores`, one per title in build order)
+        among the titles still reachable through it; 0.0 once the answer is complete."""
+        node = self._node(prefix_ids.tolist() if isinstance(prefix_ids, torch.Tensor) else prefix_ids)
+        if node is None or node is self._finished:
+            return dict.fromkeys(self.done, 0.0)
+        best = {}
+        for token, child in node.items():
+            titles = self._ends[id(node)] if child is self._finished else self._reach[id(child)]
+            best[token] = float(title_scores[titles].max())
+        return best
+
     def allowed_tensor(self, prefix_ids, device) -> torch.Tensor:
         """`allowed` as a cached LongTensor on `device`."""
         if isinstance(prefix_ids, torch.Tensor):
@@ -115,17 +132,31 @@ class TitleConstrainedLogitsProcessor(LogitsProcessor):
         tries: one `TitleTrie` shared by all rows, or a list with one per example of the batch.
         prompt_length: `input_ids.shape[1]` of the (left-padded) prompt batch; tokens after it are
             the generated answer.
+        title_scores: optional, a score per title of each example's trie (a 1-D tensor per trie, in
+            the order its titles were given), e.g. the ranking head's logits for the candidates.
+            Each allowed token then gains `score_weight` x the best score among the titles it
+            still leads to, so the answer spells out the best-scored title unless the LLM's own
+            preference (the model's scores) outweighs the difference: the conversational answer
+            names the item the ranking head ranks first.
 
     With beam search or `num_return_sequences`, `generate` repeats each example's row `n` times
     consecutively (row `b * n + k` belongs to example `b`); `n` is read off the row count.
     """
 
-    def __init__(self, tries: TitleTrie | Sequence[TitleTrie], prompt_length: int):
+    def __init__(self, tries: TitleTrie | Sequence[TitleTrie], prompt_length: int, title_scores=None, score_weight: float = 1.0):
         self.shared = isinstance(tries, TitleTrie)
         self.tries = [tries] if self.shared else list(tries)
         if not self.tries or not all(isinstance(t, TitleTrie) for t in self.tries):
             raise TypeError("`tries` must be a TitleTrie or a non-empty list of them.")
         self.prompt_length = int(prompt_length)
+        self.title_scores, self.score_weight = None, float(score_weight)
+        if title_scores is not None:
+            self.title_scores = [torch.as_tensor(row, dtype=torch.float32).cpu() for row in title_scores]
+            if len(self.title_scores) != len(self.tries):
+                raise ValueError(f"Got title_scores for {len(self.title_scores)} examples but {len(self.tries)} tries.")
+            for row, trie in zip(self.title_scores, self.tries):
+                if row.shape != (len(trie),):
+                    raise ValueError(f"title_scores rows need one score per title ({len(trie)}), got shape {tuple(row.shape)}.")
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         rows = input_ids.shape[0]
@@ -143,7 +174,15 @@ class TitleConstrainedLogitsProcessor(LogitsProcessor):
         )
         blocked = torch.ones_like(scores, dtype=torch.bool)
         blocked[row_index, torch.cat(cols)] = False
-        return scores.masked_fill(blocked, -float("inf"))
+        scores = scores.masked_fill(blocked, -float("inf"))
+        if self.title_scores is not None:
+            per = rows // len(self.tries)
+            bonus = torch.zeros_like(scores)
+            for row in range(rows):
+                best = trie_of(row).best_continuation(generated[row], self.title_scores[row // per])
+                bonus[row, list(best)] = torch.tensor(list(best.values()), dtype=scores.dtype, device=scores.device)
+            scores = scores + self.score_weight * bonus
+        return scores
 
 
 def end_of_turn_id(tokenizer) -> int:
@@ -165,7 +204,7 @@ def catalog_trie(processor) -> TitleTrie:
     return cache[eos]
 
 
-def title_constraint(processor, input_ids: torch.Tensor, candidates=None) -> LogitsProcessorList:
+def title_constraint(processor, input_ids: torch.Tensor, candidates=None, scores=None, score_weight: float = 1.0) -> LogitsProcessorList:
     """A `LogitsProcessorList` for `model.generate(..., logits_processor=...)` that only lets the
     model answer with a title.
 
@@ -175,6 +214,10 @@ def title_constraint(processor, input_ids: torch.Tensor, candidates=None) -> Log
         candidates: None for the whole catalog (one shared, cached trie); a list per batch row of
             item ids (that row's answer is one of their titles); or one flat list of item ids shared
             by every row.
+        scores: optional, one score per candidate (per catalog item with `candidates=None`) for each
+            batch row, e.g. `model.score_items(...)` from the ranking head: decoding then follows
+            the best-scored title (see `TitleConstrainedLogitsProcessor`).
+        score_weight: how much those scores count against the LLM's own token scores.
     """
     if candidates is None:
         tries = catalog_trie(processor)
@@ -190,7 +233,9 @@ def title_constraint(processor, input_ids: torch.Tensor, candidates=None) -> Log
             if any(len(row) == 0 for row in candidates):
                 raise ValueError("Every row needs at least one candidate.")
             tries = [TitleTrie(processor.tokenizer, [title(c) for c in row], eos) for row in candidates]
-    return LogitsProcessorList([TitleConstrainedLogitsProcessor(tries, input_ids.shape[1])])
+    if scores is not None and isinstance(tries, TitleTrie):  # one shared trie: one trie per row, shared
+        tries = [tries] * input_ids.shape[0]
+    return LogitsProcessorList([TitleConstrainedLogitsProcessor(tries, input_ids.shape[1], scores, score_weight)])
 
 
 __all__ = ["TitleTrie", "TitleConstrainedLogitsProcessor", "title_constraint", "catalog_trie", "end_of_turn_id"]

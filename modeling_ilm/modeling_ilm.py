@@ -726,28 +726,64 @@ class ILMPretrainingOutput(ModelOutput):
     loss_user_item: torch.FloatTensor | None = None
 
 
-def gather_with_grad(features: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Features of every process (gradients flow back to the local ones) and this rank's offset.
-
-    A single process, with or without a process group, just returns its own features.
-    """
+def _process_group():
+    """torch.distributed when several processes train together, else None."""
     import torch.distributed as dist
 
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return features, 0
-    from torch.distributed.nn.functional import all_gather
-
-    return torch.cat(all_gather(features), 0), dist.get_rank() * features.shape[0]
+    return dist if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1 else None
 
 
-def info_nce(logits: torch.Tensor, key_ids: torch.Tensor, offset: int = 0) -> torch.Tensor:
+class _GatherRows(torch.autograd.Function):
+    """Every process's rows in rank order (any number per process); the backward hands each process
+    the gradient of its own rows summed over every process's loss. torch's functional all_gather
+    expects equal sizes and mishandles non-contiguous gradients (a transposed similarity's), hence this."""
+
+    @staticmethod
+    def forward(ctx, local, sizes):
+        dist = _process_group()
+        padded = local.new_zeros((max(sizes), *local.shape[1:]))
+        padded[: len(local)] = local
+        chunks = [torch.empty_like(padded) for _ in sizes]
+        dist.all_gather(chunks, padded)
+        rank = dist.get_rank()
+        ctx.start, ctx.size = sum(sizes[:rank]), sizes[rank]
+        return torch.cat([chunk[:size] for chunk, size in zip(chunks, sizes)])
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous()
+        _process_group().all_reduce(grad)
+        return grad[ctx.start : ctx.start + ctx.size], None
+
+
+def gather_rows(local: torch.Tensor) -> tuple[torch.Tensor, int, float]:
+    """(rows of every process, this process's offset in them, its share of the mean).
+
+    Contrastive losses compare local rows against every process's; a loss summed over the local rows
+    and divided by the share averages, over DDP's gradient mean, to the single-process mean over all
+    rows, however unevenly the rows are spread. One process: `(local, 0, len(local))`.
+    """
+    dist = _process_group()
+    if dist is None:
+        return local, 0, float(len(local))
+    count = torch.tensor([len(local)], device=local.device)
+    counts = [torch.zeros_like(count) for _ in range(dist.get_world_size())]
+    dist.all_gather(counts, count)
+    sizes = [int(c) for c in counts]
+    share = sum(sizes) / len(sizes)
+    return _GatherRows.apply(local.contiguous(), sizes), sum(sizes[: dist.get_rank()]), share
+
+
+def info_nce(logits: torch.Tensor, key_ids: torch.Tensor, offset: int = 0, share: float | None = None) -> torch.Tensor:
     """In-batch InfoNCE: row i's positive is key `offset + i`. Other keys with the positive's id
-    are duplicates of it, not negatives, and are masked out."""
+    are duplicates of it, not negatives, and are masked out. The mean over rows, or their sum
+    divided by `share` (see `gather_rows`)."""
     rows = torch.arange(logits.shape[0], device=logits.device)
     targets = rows + offset
     duplicate = key_ids[None, :] == key_ids[targets][:, None]
     duplicate[rows, targets] = False
-    return nn.functional.cross_entropy(logits.masked_fill(duplicate, torch.finfo(logits.dtype).min), targets)
+    loss = nn.functional.cross_entropy(logits.masked_fill(duplicate, torch.finfo(logits.dtype).min), targets, reduction="sum")
+    return loss / (logits.shape[0] if share is None else share)
 
 
 def sample_hard_negatives(similarity: torch.Tensor, same: torch.Tensor, generator=None) -> torch.Tensor:
@@ -874,34 +910,24 @@ class ILMForItemTextPretraining(ILMPreTrainedModel):
 
         if weights["itc"] or weights["itm"]:
             text_feats = self.text_features(input_ids, attention_mask)
-            all_text, offset = gather_with_grad(text_feats)
-            all_ids, _ = gather_with_grad(anchor_ids)
-            all_items, _ = gather_with_grad(item_feats)
+            all_text, offset, share = gather_rows(text_feats)
+            all_ids, _, _ = gather_rows(anchor_ids)
+            all_items, _, _ = gather_rows(item_feats)
             sim_i2t = self.item_text_similarity(item_feats, all_text)
             sim_t2i = self.item_text_similarity(all_items, text_feats).t()
             if weights["itc"]:
-                losses["itc"] = (info_nce(sim_i2t / temperature, all_ids, offset) + info_nce(sim_t2i / temperature, all_ids, offset)) / 2
+                losses["itc"] = (info_nce(sim_i2t / temperature, all_ids, offset, share) + info_nce(sim_t2i / temperature, all_ids, offset, share)) / 2
             if weights["itm"]:
-                losses["itm"] = self.itm_loss(cf, input_ids, attention_mask, anchor_ids, sim_i2t[:, offset : offset + cf.shape[0]].detach() / temperature)
+                losses["itm"] = self.itm_loss(cf, input_ids, attention_mask, all_ids, offset, sim_i2t.detach() / temperature, sim_t2i.detach() / temperature)
 
         if weights["itg"]:
             losses["itg"] = self.itg_loss(cf, input_ids, attention_mask)
 
-        for kind, other_ids in (("item_item", partner_ids), ("user_item", user_ids)):
-            if not weights[kind] or other_ids is None or not (other_ids >= 0).any():
-                continue
-            has = other_ids.to(self.device) >= 0
-            anchors = nn.functional.normalize(item_feats[has].mean(1), dim=-1)
-            entity = "item" if kind == "item_item" else "user"
-            others = self.pooled_features(self.cf_vectors(entity, other_ids.to(self.device)[has]), is_user=entity == "user")
-            all_anchors, offset = gather_with_grad(anchors)
-            all_others, _ = gather_with_grad(others)
-            all_anchor_ids, _ = gather_with_grad(anchor_ids[has])
-            all_other_ids, _ = gather_with_grad(other_ids.to(self.device)[has])
-            losses[kind] = (
-                info_nce(anchors @ all_others.t() / temperature, all_other_ids, offset)
-                + info_nce(others @ all_anchors.t() / temperature, all_anchor_ids, offset)
-            ) / 2
+        if weights["item_item"] and partner_ids is not None:
+            losses["item_item"] = self.interaction_loss(item_feats, anchor_ids, partner_ids.to(self.device), "item", temperature)
+        if weights["user_item"] and user_ids is not None:
+            losses["user_item"] = self.interaction_loss(item_feats, anchor_ids, user_ids.to(self.device), "user", temperature)
+        losses = {name: value for name, value in losses.items() if value is not None}
 
         total = sum(weights[name] * value for name, value in losses.items())
         return ILMPretrainingOutput(loss=total if losses else None, **{f"loss_{name}": value for name, value in losses.items()})
@@ -917,22 +943,50 @@ class ILMForItemTextPretraining(ILMPreTrainedModel):
         labels = input_ids.masked_fill(attention_mask == 0, -100)
         return nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
 
-    def itm_loss(self, cf, input_ids, attention_mask, anchor_ids, sim_i2t):
-        """BLIP-2 ITM: positives, plus for each item a hard negative text and for each text a hard
-        negative item, sampled in proportion to ITC similarity, never the positive or a duplicate."""
-        same_item = anchor_ids[:, None] == anchor_ids[None, :]
-        same_text = (input_ids[:, None, :] == input_ids[None, :, :]).all(-1)
-        same = same_item | same_text
-        negative_text = sample_hard_negatives(sim_i2t, same)
-        negative_item = sample_hard_negatives(sim_i2t.t(), same)
+    def itm_loss(self, cf, input_ids, attention_mask, all_ids, offset, sim_i2t, sim_t2i):
+        """BLIP-2 ITM: each item with its own text (a match), with a hard negative text, and each text
+        with a hard negative item. Negatives come from every process's batch (as in BLIP-2), drawn in
+        proportion to ITC similarity (`sim_i2t` / `sim_t2i`: local rows against all), never the positive
+        or a duplicate of it (the same item id or the same text)."""
+        all_cf, _, _ = gather_rows(cf)  # frozen CF vectors: no gradient to gather
+        width, group = torch.tensor(input_ids.shape[1], device=input_ids.device), _process_group()
+        if group is not None:  # texts are padded per process: to the longest of all
+            group.all_reduce(width, op=group.ReduceOp.MAX)
+        pad = (0, int(width) - input_ids.shape[1])
+        all_text, _, _ = gather_rows(nn.functional.pad(input_ids, pad))
+        all_mask, _, _ = gather_rows(nn.functional.pad(attention_mask, pad))
         rows = torch.arange(cf.shape[0], device=cf.device)
+        local = rows + offset
+        same = (all_ids[local][:, None] == all_ids[None, :]) | (all_text[local][:, None, :] == all_text[None, :, :]).all(-1)
+        negative_text = sample_hard_negatives(sim_i2t, same)
+        negative_item = sample_hard_negatives(sim_t2i, same)
         ok_text, ok_item = negative_text >= 0, negative_item >= 0
-        item_cf = torch.cat([cf, cf[ok_text], cf[negative_item[ok_item]]])
-        text_rows = torch.cat([rows, negative_text[ok_text], rows[ok_item]])
+        item_cf = torch.cat([cf, cf[ok_text], all_cf[negative_item[ok_item]]])
+        text_rows = torch.cat([local, negative_text[ok_text], local[ok_item]])
         labels = torch.cat([torch.ones_like(rows), torch.zeros(int(ok_text.sum() + ok_item.sum()), dtype=torch.long, device=cf.device)])
-        hidden = self.item_encoder(item_cf, input_ids=input_ids[text_rows], attention_mask=attention_mask[text_rows], mode="multimodal").last_hidden_state
+        hidden = self.item_encoder(item_cf, input_ids=all_text[text_rows], attention_mask=all_mask[text_rows], mode="multimodal").last_hidden_state
         logits = self.itm_head(hidden[:, : self.config.num_query_tokens]).mean(1)
         return nn.functional.cross_entropy(logits, labels)
+
+    def interaction_loss(self, item_feats, anchor_ids, other_ids, entity, temperature):
+        """ILM's interaction contrastive loss: item-item (`entity="item"`, two items consumed together)
+        or user-item (`entity="user"`, a user's CF vector through the same encoder, and an item they
+        liked). Each anchor item's pooled feature is pulled towards its partner's and pushed away from
+        every other partner in the batch of all processes, and the other way round; repeats of an id
+        are not negatives. Rows without a partner (-1) sit out; None when no process has one."""
+        has = other_ids >= 0
+        anchors = nn.functional.normalize(item_feats[has].mean(1), dim=-1)
+        all_anchors, offset, share = gather_rows(anchors)
+        if share == 0:
+            return None
+        others = self.pooled_features(self.cf_vectors(entity, other_ids[has]), is_user=entity == "user")
+        all_others, _, _ = gather_rows(others)
+        all_anchor_ids, _, _ = gather_rows(anchor_ids[has])
+        all_other_ids, _, _ = gather_rows(other_ids[has])
+        return (
+            info_nce(anchors @ all_others.t() / temperature, all_other_ids, offset, share)
+            + info_nce(others @ all_anchors.t() / temperature, all_anchor_ids, offset, share)
+        ) / 2
 
 
 def _with_lora(language_model, lora_config: dict):

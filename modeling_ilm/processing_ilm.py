@@ -277,13 +277,15 @@ class ILMProcessor(ProcessorMixin):
     def decode(self, sequence, skip_special_tokens=True, **kwargs):
         return self.tokenizer.decode(sequence, skip_special_tokens=skip_special_tokens, **kwargs)
 
-    def title_constraint(self, input_ids, candidates=None):
+    def title_constraint(self, input_ids, candidates=None, scores=None, score_weight=1.0):
         """A `logits_processor` for `model.generate` that lets answers be only catalog titles
         (`candidates=None`) or, per row, the titles of that row's candidate item ids, each followed
-        by the end-of-turn token: every answer then names a real item (see `constrained_decoding`)."""
+        by the end-of-turn token: every answer then names a real item. With `scores` (one per
+        candidate per row, e.g. `model.score_items(...)`), the answer follows the best-scored title
+        (see `constrained_decoding`)."""
         from .constrained_decoding import title_constraint
 
-        return title_constraint(self, input_ids, candidates)
+        return title_constraint(self, input_ids, candidates, scores, score_weight)
 
     def match_item(self, text: str, candidates=None, cutoff: float = 0.9) -> str | None:
         """Maps a generated title to a catalog item id (exact after normalisation, else the closest

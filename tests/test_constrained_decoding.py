@@ -216,3 +216,32 @@ def test_whole_catalog_trie_is_built_once_and_reused(processor, batch):
     # the cache neither leaks into the saved processor config nor gets copied
     assert "_title_tries" not in json.loads(processor.to_json_string())
     assert copy.deepcopy(first.tries[0]) is first.tries[0]
+
+
+def test_scores_guide_greedy_decoding_to_the_best_scored_title_through_shared_prefixes(model, processor, batch):
+    """With each candidate's score (the ranking head's, say) large against the LLM's token scores,
+    greedy decoding spells out the best-scored candidate, even where titles share a prefix
+    ("heat" / "heat 1995", "toy story 1995" / "toy story 2"); small scores leave the LLM's own choice."""
+    candidates = [["1", "2", "3"], ["3", "4", "2"], ["4", "3", "1"]]
+    for best in range(3):
+        scores = torch.zeros(3, 3)
+        scores[:, best] = 1.0
+        constraint = processor.title_constraint(batch["input_ids"], candidates, scores=scores, score_weight=1000.0)
+        out = model.generate(**batch, max_new_tokens=8, do_sample=False, logits_processor=constraint)
+        for row, (answer, _) in enumerate(answers(processor, out, batch["input_ids"].shape[1])):
+            assert processor.tokenizer.decode(answer, skip_special_tokens=True) == processor.item(candidates[row][best])["title"]
+    plain = model.generate(**batch, max_new_tokens=8, do_sample=False, logits_processor=processor.title_constraint(batch["input_ids"], candidates))
+    faint = processor.title_constraint(batch["input_ids"], candidates, scores=torch.rand(3, 3), score_weight=1e-6)
+    assert torch.equal(model.generate(**batch, max_new_tokens=8, do_sample=False, logits_processor=faint), plain)
+
+
+def test_best_continuation_takes_the_best_title_still_reachable():
+    tokenizer = make_tokenizer()
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    trie = TitleTrie(tokenizer, ["heat", "heat 1995", "babe"], eos)
+    heat, year, babe = (ids_of(tokenizer, w)[0] for w in ("heat", "1995", "babe"))
+    scores = torch.tensor([0.1, 0.7, 0.3])
+    assert trie.best_continuation([], scores) == pytest.approx({heat: 0.7, babe: 0.3})
+    assert trie.best_continuation([heat], scores) == pytest.approx({eos: 0.1, year: 0.7})  # stop at "heat", or go on
+    with pytest.raises(ValueError, match="one score per title"):
+        TitleConstrainedLogitsProcessor([trie], 0, title_scores=[torch.zeros(2)])

@@ -324,6 +324,49 @@ def test_phase2_caps(tmp_path):
     }
 
 
+def test_candidate_titles_show_each_candidate_title_before_its_placeholder(built, tmp_path):
+    out, _ = built
+    titled_out = tmp_path / "titled"
+    build_generic(GENERIC, titled_out, candidate_titles=True)
+    titles = {it["item_id"]: it["title"] for it in json.loads((titled_out / "catalog.json").read_text())["items"]}
+    plain, titled = load_from_disk(str(out / "phase2")), load_from_disk(str(titled_out / "phase2"))
+    for split in ("train", "validation", "test"):
+        assert plain[split]["item_ids"] == titled[split]["item_ids"]  # same examples, same ids in the same order
+        for a, b in zip(plain[split], titled[split]):
+            if a["task"] != "candidate_selection":
+                assert a["messages"] == b["messages"]
+                continue
+            text = b["messages"][0]["content"]
+            assert text.count(ITEM_PLACEHOLDER) == len(b["item_ids"])
+            shown = [i for i in b["item_ids"] if f"{titles[i]} {ITEM_PLACEHOLDER}" in text]
+            history = a["messages"][0]["content"].count(ITEM_PLACEHOLDER) - len(shown)
+            assert len(shown) >= 2 and history >= 1  # candidates are titled; the history keeps bare placeholders
+    # evaluation renders candidate prompts as the data was built; the text baseline sees each title once
+    from training.evaluate.prompts import CANDIDATE_TEMPLATE, as_text, recommendation_prompt
+    from training.evaluate.protocol import load_protocol
+
+    protocol = load_protocol(titled_out, split="validation")
+    assert protocol.candidate_titles and not load_protocol(out, split="validation").candidate_titles
+    assert protocol.describe(10)["candidate_titles"] and "candidate_titles" not in load_protocol(out, split="validation").describe(10)
+    u = protocol.users[0]
+    prompt = recommendation_prompt(protocol, u, CANDIDATE_TEMPLATE, with_candidates=True)
+    content = prompt.messages[0]["content"]
+    assert content.endswith(", ".join(f"{titles[c]} {ITEM_PLACEHOLDER}" for c in protocol.candidates[u]))
+    text = as_text(prompt, titles).messages[0]["content"]
+    assert text.endswith("? " + ", ".join(titles[c] for c in protocol.candidates[u]))
+    assert ITEM_PLACEHOLDER not in text
+
+
+def test_titled_rendering_refuses_a_title_holding_a_placeholder():
+    from training.data.templates import items, render
+
+    facts = {"item": items("1", titled=True), "noun": "movie"}
+    with pytest.raises(ValueError, match="contains a placeholder"):
+        render(get_template("item_title/0"), {**facts, "title": "x"}, {"1": "Evil <item> twin"})
+    with pytest.raises(ValueError, match="has no title"):
+        render(get_template("item_title/0"), {**facts, "title": "x"}, {})
+
+
 # --------------------------------------------------------------------------------------------- candidates
 
 

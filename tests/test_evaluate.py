@@ -349,11 +349,12 @@ class ScriptedChatModel:
     candidates, a catalog title that is not a candidate, a sentence naming the target, or nonsense."""
 
     SCRIPT = ["target", "wrong", "listing", "outside", "verbose", "nonsense"]
+    has_ranking_head = False
 
     def __init__(self, processor, protocol):
         self.processor, self.protocol = processor, protocol
 
-    def generate(self, prompts, desc="", candidates=None):
+    def generate(self, prompts, desc="", candidates=None, candidate_scores=None):
         answers = []
         for prompt in prompts:
             u = prompt.user_ids[0]
@@ -377,6 +378,30 @@ def test_generation_metrics_from_answers(ilm, protocol):
     assert out["valid_ratio"]["value"] == pytest.approx(3 / 6)  # target, wrong, verbose
     assert out["hr@1"]["value"] == pytest.approx(2 / 6)
     assert out["hr@1_valid"]["value"] == pytest.approx(2 / 3)
+
+
+def test_constrained_generation_is_guided_by_the_ranking_head_from_the_next_item_prompt(ilm, protocol):
+    """With a ranking head, constrained decoding gets the head's score of each candidate, read from
+    the next-item prompt (no candidates in it) as the ranking-head section reads it."""
+    _, processor = ilm
+    seen = {}
+
+    class HeadChatModel(ScriptedChatModel):
+        has_ranking_head = True
+
+        def rank(self, prompt, item_ids):
+            assert prompt.item_ids == self.protocol.history(prompt.user_ids[0])  # history only
+            return np.arange(len(item_ids), dtype=float)
+
+        def generate(self, prompts, desc="", candidates=None, candidate_scores=None):
+            seen.update(candidates=candidates, scores=candidate_scores)
+            return super().generate(prompts, desc, candidates)
+
+    generation_section(HeadChatModel(processor, protocol), protocol, n_boot=10, constrained=True)
+    assert seen["candidates"] == [protocol.candidates[u] for u in protocol.users]
+    assert [list(s) for s in seen["scores"]] == [list(range(len(protocol.candidates[u]))) for u in protocol.users]
+    generation_section(HeadChatModel(processor, protocol), protocol, n_boot=10)  # unconstrained: no guidance
+    assert seen["scores"] is None and seen["candidates"] is None
 
 
 class ScriptedAligner:

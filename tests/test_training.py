@@ -177,3 +177,85 @@ def test_phase2_with_ranking_head_logs_its_loss_and_learning_curve_and_saves_the
     from modeling_ilm import ILMProcessor
 
     assert ILMProcessor.from_pretrained(tmp_path / "model").item_rendering == "title+tokens"
+
+
+# --- several processes, gradient accumulation, any TrainingArguments field ------------------------------
+
+
+@pytest.fixture(scope="module")
+def dropout_free_init(tiny_components, data_dir, tmp_path_factory):
+    """A phase-1 checkpoint without dropout: runs that split one batch differently compute one function."""
+    from safetensors.torch import load_file
+
+    from modeling_ilm import ILMForItemTextPretraining
+
+    cf = load_file(str(data_dir / "cf" / "embeddings.safetensors"))
+    torch.manual_seed(0)
+    model = ILMForItemTextPretraining.from_components(
+        tiny_components["llm"], tiny_components["bert"], item_embeddings=cf["item_embeddings"], user_embeddings=cf["user_embeddings"],
+        num_query_tokens=2, num_cf_tokens=2, qformer_config={"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0},
+    )
+    out = tmp_path_factory.mktemp("dropout_free")
+    model.save_pretrained(out)
+    return out
+
+
+def equal_batch_config(tiny_components, data_dir, init, out, **overrides):
+    """Phase 2 with the ranking head, where only the split of a global batch may differ between runs:
+    examples in file order, every catalog item a ranking negative (the same set for any batch)."""
+    items = len(json.loads((data_dir / "catalog.json").read_text())["items"])
+    values = dict(
+        data_dir=str(data_dir), output_dir=str(out), init=str(init), llm=tiny_components["llm"], num_query_tokens=2, num_cf_tokens=2,
+        num_train_examples=16, batch_size=4, max_steps=2, logging_steps=1, save_steps=1, learning_rate=1e-3, group_by_length=False,
+        ranking_head=True, ranking_negatives=items, task_weights={"next_item_title": 1, "item_title": 1},
+        training_args={"train_sampling_strategy": "sequential"},
+    )
+    return FinetuneConfig(**{**values, **overrides})
+
+
+def first_logs(summary, steps=2):
+    return [e for e in summary["log_history"] if "loss" in e and "grad_norm" in e][:steps]
+
+
+def test_phase2_gradient_accumulation_trains_like_one_bigger_batch(tiny_components, data_dir, dropout_free_init, tmp_path):
+    whole = first_logs(finetune(equal_batch_config(tiny_components, data_dir, dropout_free_init, tmp_path / "whole")))
+    accumulated = first_logs(finetune(equal_batch_config(
+        tiny_components, data_dir, dropout_free_init, tmp_path / "accumulated", batch_size=2, gradient_accumulation_steps=2
+    )))
+    assert len(whole) == len(accumulated) == 2
+    for a, b in zip(whole, accumulated):  # same loss, same gradient: the micro-batches' means are re-weighted
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4) and b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-5)
+        assert a["loss_rank"] > 0
+
+
+def test_any_training_argument_passes_through_and_report_to_tensorboard_writes_events(tiny_components, data_dir, dropout_free_init, tmp_path):
+    config = load_config(FinetuneConfig, {
+        "data_dir": str(data_dir), "output_dir": str(tmp_path), "init": str(dropout_free_init), "llm": tiny_components["llm"],
+        "num_query_tokens": 2, "num_cf_tokens": 2, "num_train_examples": 8, "batch_size": 4, "max_steps": 2, "logging_steps": 1,
+    }, overrides=["report_to=tensorboard", "max_grad_norm=0.5"])
+    assert config.training_args == {"report_to": "tensorboard", "max_grad_norm": 0.5}
+    finetune(config)
+    assert list(tmp_path.rglob("events.out.tfevents.*"))
+    with pytest.raises(ValueError, match=r"unknown config keys \['no_such_field'\].*any TrainingArguments field"):
+        load_config(FinetuneConfig, {}, overrides=["no_such_field=1"])
+
+
+@pytest.mark.slow
+def test_phase2_on_two_processes_equals_one_process_and_only_rank_0_writes(tiny_components, data_dir, dropout_free_init, tmp_path):
+    import subprocess
+    import sys
+
+    single = first_logs(finetune(equal_batch_config(tiny_components, data_dir, dropout_free_init, tmp_path / "one", batch_size=4)))
+    config = equal_batch_config(tiny_components, data_dir, dropout_free_init, tmp_path / "two", batch_size=2)
+    (tmp_path / "config.json").write_text(json.dumps(dataclasses.asdict(config)))
+    script = Path(__file__).parent / "multiprocess" / "phase2_run.py"
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script), str(tmp_path / "config.json")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    multi = first_logs(json.loads((tmp_path / "two" / "phase2_results.json").read_text()))
+    for a, b in zip(single, multi):  # 2 processes x 2 rows = 1 process x 4 rows
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4) and b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-5)
+    assert not (tmp_path / "two" / "writes_by_rank_1.txt").exists()
+    assert (tmp_path / "two" / "checkpoint-2" / "model.safetensors").exists() and (tmp_path / "two" / "model" / "config.json").exists()

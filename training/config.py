@@ -30,9 +30,19 @@ def load_config(cls, path=None, overrides=(), section=None):
             raise ValueError(f"Override {override!r} must look like key=value.")
         values[key.strip()] = yaml.safe_load(value)
     fields = {f.name for f in dataclasses.fields(cls)}
+    if "training_args" in fields:  # the phase configs: other TrainingArguments fields pass through to Trainer
+        from transformers import TrainingArguments
+
+        trainer_fields = {f.name for f in dataclasses.fields(TrainingArguments)}
+        passed = {key: values.pop(key) for key in list(values) if key not in fields and key in trainer_fields}
+        if passed:
+            values["training_args"] = {**(values.get("training_args") or {}), **passed}
     unknown = sorted(set(values) - fields)
     if unknown:
-        raise ValueError(f"{path or 'overrides'}: unknown config keys {unknown}; known: {sorted(fields)}.")
+        raise ValueError(
+            f"{path or 'overrides'}: unknown config keys {unknown}; known: {sorted(fields)}"
+            + (" and any TrainingArguments field." if "training_args" in fields else ".")
+        )
     hints = typing.get_type_hints(cls)
     for key, value in values.items():
         # YAML 1.1 reads "5e-4" as a string; numbers are what a float field means

@@ -26,7 +26,7 @@ from modeling_ilm import ILMForConditionalGeneration, ILMProcessor
 from training import assets
 from training.config import config_from_cli
 from training.plots import plot_training_curves
-from training.trainer import ComponentLossTrainer, TrainerSettings, last_checkpoint, start_run, training_arguments
+from training.trainer import ComponentLossTrainer, TrainerSettings, is_main_process, last_checkpoint, start_run, training_arguments
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +69,9 @@ class FinetuneConfig(TrainerSettings):
     # Batches of similar length: the task mix spans 50-260 tokens, so random batches of 8 are half
     # padding (CPU preset: 224k padded tokens for 112k real ones; grouped: 115k).
     group_by_length: bool = True
+    # transformers groups lengths in megabatches of 50 batches, each run from longest to shortest, so
+    # the tasks (whose lengths differ) come in streaks; shuffled: the same kind of batches in a random order
+    shuffle_batches: bool = False
     # Curriculum: the examples of these tasks (e.g. [item_title, item_genres, item_year]) all come
     # first, then the rest; each stage in length-grouped batches. None: one shuffled mix.
     curriculum: list | None = None
@@ -96,11 +99,11 @@ def mixed_examples(dataset, task_weights, size, seed):
     return [int(rng.choice(by_task[names[k]])) for k in drawn]
 
 
-def curriculum_order(train, first_tasks, batch_size, seed):
-    """`train` reordered: every example of `first_tasks`, then the others. Within a stage, batches
-    hold examples of similar length (transformers' grouping, over the whole stage) and come in a
-    shuffled order, so length (which tracks the task) does not order the stage; batch_size 1: a
-    plain shuffle."""
+def batch_order(train, first_tasks, batch_size, seed):
+    """`train` reordered: every example of `first_tasks` (a curriculum; none: one stage), then the
+    others. Within a stage, batches hold examples of similar length (transformers' grouping, over
+    the whole stage) and come in a shuffled order, so length (which tracks the task) does not order
+    the stage; batch_size 1: a plain shuffle."""
     unknown = set(first_tasks) - set(train["task"])
     if unknown:
         raise ValueError(f"curriculum names tasks {sorted(unknown)} that the drawn examples lack; tasks: {sorted(set(train['task']))}.")
@@ -108,6 +111,8 @@ def curriculum_order(train, first_tasks, batch_size, seed):
     order = []
     for stage in (True, False):
         rows = [i for i, task in enumerate(train["task"]) if (task in first_tasks) == stage]
+        if not rows:
+            continue
         grouped = get_length_grouped_indices([train["length"][i] for i in rows], batch_size, mega_batch_mult=len(rows), generator=generator)
         # the DataLoader cuts batches from the start: fill the batch the first stage left open, so
         # this stage's batches stay whole; a short last batch stays last
@@ -208,11 +213,15 @@ class RankingCurveCallback(TrainerCallback):
 
 
 class Phase2Trainer(ComponentLossTrainer):
-    """Checkpoints hold the trained weights only: the frozen LLM is never copied into them."""
+    """Checkpoints hold the trained weights and the processor only: the frozen LLM is never copied into them."""
 
     def _save(self, output_dir=None, state_dict=None):
+        if not self.args.should_save:  # several processes: only the main one writes
+            return
         output_dir = output_dir or self.args.output_dir
         self.model.save_pretrained(output_dir, include_language_model=False)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
 
 
 def build_model_and_processor(config: FinetuneConfig):
@@ -276,8 +285,9 @@ def build_trainer(config: FinetuneConfig):
     train = short_enough("train", mixed_examples(phase2["train"], config.task_weights, config.num_train_examples, config.seed))
     evaluation = short_enough("validation", mixed_examples(phase2["validation"], config.task_weights, config.num_eval_examples, config.seed)) if config.eval_steps else None
     logger.info("Phase-2 examples: %s", lengths)
-    if config.curriculum:
-        train = curriculum_order(train, config.curriculum, config.batch_size if config.group_by_length else 1, config.seed)
+    ordered = bool(config.curriculum) or (config.shuffle_batches and config.group_by_length)
+    if ordered:
+        train = batch_order(train, config.curriculum or [], config.batch_size if config.group_by_length else 1, config.seed)
 
     trainer = Phase2Trainer(
         model=model,
@@ -285,10 +295,11 @@ def build_trainer(config: FinetuneConfig):
             config,
             prediction_loss_only=True,
             per_device_eval_batch_size=config.batch_size,
-            train_sampling_strategy="sequential" if config.curriculum else "group_by_length" if config.group_by_length else "random",
+            train_sampling_strategy="sequential" if ordered else "group_by_length" if config.group_by_length else "random",
         ),
         train_dataset=train,
         eval_dataset=evaluation,
+        processing_class=processor,
         callbacks=[RankingCurveCallback(processor, config.data_dir, config.curve_steps, config.curve_users)] if config.curve_steps and config.ranking_head else None,
         data_collator=ChatCollator(
             processor,
@@ -312,9 +323,6 @@ def finetune(config: FinetuneConfig) -> dict:
     train_output = trainer.train(resume_from_checkpoint=resume)
 
     model_dir = output_dir / "model"
-    model.save_pretrained(model_dir)
-    processor.save_pretrained(model_dir)
-    plot_training_curves(trainer.state.log_history, model_dir / "training_curves.png", f"Phase 2 ({config.name})")
     samples_per_second = train_output.metrics.get("train_samples_per_second") or 0.0
     summary = {
         "name": config.name,
@@ -329,13 +337,18 @@ def finetune(config: FinetuneConfig) -> dict:
         "final_train_loss": train_output.metrics.get("train_loss"),
         "log_history": trainer.state.log_history,
     }
-    (output_dir / "phase2_results.json").write_text(json.dumps(summary, indent=2))
+    if trainer.args.should_save:  # several processes: only the main one writes
+        model.save_pretrained(model_dir)
+        processor.save_pretrained(model_dir)
+        plot_training_curves(trainer.state.log_history, model_dir / "training_curves.png", f"Phase 2 ({config.name})")
+        (output_dir / "phase2_results.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
 def main(argv=None):
     summary = finetune(config_from_cli(FinetuneConfig, "finetune", __doc__, argv))
-    print(f"\nPhase 2 {summary['name']}: {summary['steps']} steps in {summary['time_s']}s, final train loss {summary['final_train_loss']:.4f}")
+    if is_main_process():
+        print(f"\nPhase 2 {summary['name']}: {summary['steps']} steps in {summary['time_s']}s, final train loss {summary['final_train_loss']:.4f}")
 
 
 if __name__ == "__main__":

@@ -145,8 +145,9 @@ def write_card(model_dir, results, training_info, name):
 
 def demo(model_dir, data_dir):
     """A short conversation where movies are item tokens, printed. Answers are decoded under the
-    catalog's title trie, so each names a real movie; with a ranking head, also the top 5 for two
-    test users (user token + history), their earlier movies left out."""
+    catalog's title trie, so each names a real movie; with a ranking head, the recommendation follows
+    the head's scores (the movies already named left out), and two test users (user token + history)
+    get the head's top 5 and a guided answer."""
     from modeling_ilm import ILMForConditionalGeneration, ILMProcessor
     from training.evaluate import load_protocol
     from training.evaluate.lm import ChatModel
@@ -161,13 +162,12 @@ def demo(model_dir, data_dir):
     ]
     chat, item_ids = [], []
     print("\n--- demo: each <item> is one movie's item tokens; answers are decoded among catalog titles ---")
-    for text, ids in turns:
+    for turn, (text, ids) in enumerate(turns):
         chat.append({"role": "user", "content": text})
         item_ids += ids
         inputs = processor(messages=chat, item_ids=item_ids)
-        constraint = processor.title_constraint(inputs["input_ids"])
-        output = model.generate(**inputs, max_new_tokens=32, do_sample=False, logits_processor=constraint)
-        answer = processor.decode(output[0, inputs["input_ids"].shape[1] :]).strip()
+        guide = turn == 0 and model.item_scorer is not None  # a recommendation: follow the ranking head
+        answer = guided_answer(model, processor, inputs, exclude=item_ids if guide else None)
         chat.append({"role": "assistant", "content": answer})
         print(f"user: {text}   (<item> = {'; '.join(processor.item(i)['title'] for i in ids)})")
         print(f"assistant: {answer}")
@@ -176,11 +176,27 @@ def demo(model_dir, data_dir):
     protocol = load_protocol(data_dir, split="test", users=2)
     chat_model = ChatModel(model, processor)
     for user_id in protocol.users:
-        scores = chat_model.rank(recommendation_prompt(protocol, user_id, NEXT_ITEM_TEMPLATE, with_candidates=False))
+        prompt = recommendation_prompt(protocol, user_id, NEXT_ITEM_TEMPLATE, with_candidates=False)
+        scores = chat_model.rank(prompt)
         scores[processor.rows(protocol.histories[user_id])] = float("-inf")
         top = [processor.catalog["items"][row]["title"] for row in scores.argsort()[::-1][:5]]
         recent = "; ".join(protocol.titles[i] for i in protocol.history(user_id)[-3:])
-        print(f"user {user_id} (recently: {recent}) -> ranking head top 5: {' | '.join(top)}")
+        answer = guided_answer(model, processor, chat_model.encode([prompt]), exclude=protocol.histories[user_id])
+        print(f"user {user_id} (recently: {recent}) -> answer: {answer} | ranking head top 5: {' | '.join(top)}")
+
+
+def guided_answer(model, processor, inputs, exclude=None, max_new_tokens=32) -> str:
+    """Greedy answer among the catalog's titles; with `exclude` (item ids the user already has), the
+    decoding follows the ranking head's scores of every other item (see `title_constraint`)."""
+    from training.evaluate.lm import GUIDE_WEIGHT
+
+    scores = None
+    if exclude is not None:
+        scores = model.score_items(**inputs)[:1].float()
+        scores[0, processor.rows(exclude)] = -1e4
+    constraint = processor.title_constraint(inputs["input_ids"], scores=scores, score_weight=GUIDE_WEIGHT)
+    output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, logits_processor=constraint)
+    return processor.decode(output[0, inputs["input_ids"].shape[1] :]).strip()
 
 
 def main(argv=None):

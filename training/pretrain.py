@@ -24,7 +24,7 @@ from training import assets
 from training.config import config_from_cli
 from training.plots import plot_training_curves
 from training.retrieval import encoder_item_vectors, item_to_item_recall, item_to_text_recall
-from training.trainer import ComponentLossTrainer, TrainerSettings, last_checkpoint, start_run, training_arguments
+from training.trainer import ComponentLossTrainer, TrainerSettings, is_main_process, last_checkpoint, start_run, training_arguments
 
 logger = logging.getLogger(__name__)
 
@@ -202,9 +202,6 @@ def pretrain(config: PretrainConfig) -> dict:
         logger.info("Resuming phase 1 from %s", resume)
     trainer.train(resume_from_checkpoint=resume)
     final_metrics = trainer.evaluate()
-    model.save_pretrained(output_dir / "final")  # safetensors + config only (no pickled Trainer state)
-    tokenizer.save_pretrained(output_dir / "final" / "qformer_tokenizer")
-    plot_training_curves(trainer.state.log_history, output_dir / "training_curves.png", f"Phase 1 (ILM-{config.variant})")
     summary = {
         "variant": config.variant,
         "loss_weights": model.config.phase1_loss_weights,
@@ -215,12 +212,18 @@ def pretrain(config: PretrainConfig) -> dict:
         "chance_recall@10": 10 / model.config.num_items,
         "log_history": trainer.state.log_history,
     }
-    (output_dir / "phase1_results.json").write_text(json.dumps(summary, indent=2))
+    if trainer.args.should_save:  # several processes: only the main one writes
+        model.save_pretrained(output_dir / "final")  # safetensors + config only (no pickled Trainer state)
+        tokenizer.save_pretrained(output_dir / "final" / "qformer_tokenizer")
+        plot_training_curves(trainer.state.log_history, output_dir / "training_curves.png", f"Phase 1 (ILM-{config.variant})")
+        (output_dir / "phase1_results.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
 def main(argv=None):
     summary = pretrain(config_from_cli(PretrainConfig, "pretrain", __doc__, argv))
+    if not is_main_process():
+        return
     metrics = summary["metrics"]
     print(f"\nPhase 1 ILM-{summary['variant']}: {summary['steps']} steps in {summary['time_s']}s")
     print("| metric | value |\n|---|---|")

@@ -29,14 +29,37 @@ class TrainerSettings:
     bf16: bool | str = "auto"
     dataloader_num_workers: int = 0
     seed: int = 0
+    # Any other TrainingArguments field (report_to, fsdp, deepspeed, ...): in a config file as
+    # `training_args: {report_to: tensorboard}`, or top-level / `--set report_to=tensorboard`, which
+    # `load_config` files here. They win over what the phase derives from its own fields.
+    training_args: dict | None = None
 
 
 class ComponentLossTrainer(Trainer):
-    """Logs every `loss_*` field of the model output next to the total loss."""
+    """Logs every `loss_*` field of the model output next to the total loss, and makes gradient
+    accumulation and several processes train as one big batch would.
+
+    Batches with `labels` (phase 2): transformers counts the answer tokens of the whole accumulated
+    batch of every process (`num_items_in_batch`) and then leaves the loss unscaled, so each
+    micro-batch's mean loss is re-weighted here to its share of that count (the ranking head's
+    examples likewise). Batches without (phase 1's contrastive losses): Trainer divides each
+    micro-batch's loss by the accumulation steps.
+    """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._components, self._counts = {}, {}
+        self._rank_items = None
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
+        self._rank_items = None  # ranking examples in the accumulated batch of every process
+        if batch_samples and "rank_labels" in batch_samples[0]:
+            count = sum(batch["rank_labels"].ne(-100).sum() for batch in batch_samples).to(device)
+            if self.args.average_tokens_across_devices and self.args.world_size > 1:
+                count = self.accelerator.gather(count).sum()
+            self._rank_items = count
+        return batch_samples, num_items_in_batch
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         outputs = model(**inputs)
@@ -44,7 +67,26 @@ class ComponentLossTrainer(Trainer):
             if name.startswith("loss_") and value is not None:
                 self._components[name] = self._components.get(name, 0.0) + value.detach().float().item()
                 self._counts[name] = self._counts.get(name, 0) + 1
-        return (outputs.loss, outputs) if return_outputs else outputs.loss
+        loss = outputs.loss
+        if num_items_in_batch is not None and loss is not None:
+            loss = self._share_of_global_batch(outputs, inputs, num_items_in_batch)
+        return (loss, outputs) if return_outputs else loss
+
+    def _share_of_global_batch(self, outputs, inputs, num_items_in_batch):
+        """The micro-batch's means (answer tokens; ranking examples) as their part of the means over
+        the accumulated batch of every process (DDP then averages gradients over processes)."""
+        answer = outputs.get("loss_lm") if outputs.get("loss_rank") is not None else outputs.loss
+        loss = 0.0
+        if answer is not None:
+            tokens = inputs["labels"][..., 1:].ne(-100).sum()
+            loss = torch.where(tokens > 0, answer * tokens, 0.0) / num_items_in_batch
+        if outputs.get("loss_rank") is not None:
+            weighted_rank = outputs.loss - (answer if answer is not None else 0.0)
+            examples = inputs["rank_labels"].ne(-100).sum()
+            loss = loss + weighted_rank * examples / self._rank_items.clamp(min=1)
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            loss = loss * self.args.world_size
+        return loss
 
     def log(self, logs, *args, **kwargs):
         if "loss" in logs:  # a training log: add the component averages since the last one
@@ -77,8 +119,12 @@ def training_arguments(config, **overrides) -> TrainingArguments:
         seed=config.seed,
         report_to="none",
         remove_unused_columns=False,
+        # without an accelerator, transformers sets up torchrun / accelerate processes only when told
+        # it runs on CPU (else each process would train alone on all the data)
+        use_cpu=not torch.accelerator.is_available(),
     )
     values.update(overrides)
+    values.update(config.training_args or {})
     return TrainingArguments(**values)
 
 
@@ -87,10 +133,16 @@ def last_checkpoint(output_dir):
     return get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
 
 
+def is_main_process() -> bool:
+    """True unless this is a secondary process of a torchrun / accelerate launch."""
+    return int(os.environ.get("RANK", 0)) == 0
+
+
 def start_run(config, config_file: str) -> Path:
     """Seeds everything, creates `config.output_dir` and records the config in it; returns the folder."""
     set_seed(config.seed)
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, output_dir / config_file)
+    if is_main_process():
+        save_config(config, output_dir / config_file)
     return output_dir

@@ -39,6 +39,7 @@ def main(argv=None):
     opt.add_argument("--max-train-per-task", type=optional_int, default=d.max_train_per_task, help="'all' for no cap")
     opt.add_argument("--max-eval-per-task", type=optional_int, default=d.max_eval_per_task, help="'all' for no cap")
     opt.add_argument("--item-noun", default=d.item_noun, help="word used for items in prompts")
+    opt.add_argument("--candidate-titles", action="store_true", help="candidate lists show each title before its item tokens")
     args = p.parse_args(argv)
 
     logging.basicConfig(

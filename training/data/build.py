@@ -47,6 +47,9 @@ class BuildConfig:
     cf_threads: int = 2
     history_len: int = 10  # items shown as history in phase-2 prompts
     num_candidates: int = 20  # true item + 19 negatives
+    # candidate lists in phase-2 prompts (and evaluation's candidate prompts) show each candidate's
+    # title before its item tokens, LLaRA's hybrid rendering for that field: the LLM can answer by naming one
+    candidate_titles: bool = False
     pair_window: int = 2  # item_item pairs: items at most this many steps apart in a user's sequence
     partner_min_count: int = 2  # similar_item / conversation partners need this many co-occurrences
     like_threshold: float = 4.0  # rating counted as "liked" (user_item, conversation)
@@ -164,6 +167,7 @@ def build_dataset(out, dataset="ml-100k", interactions=None, items=None, users=N
         history_len=cfg.history_len,
         num_candidates=cfg.num_candidates,
         noun=cfg.item_noun,
+        candidate_titles=cfg.candidate_titles,
     )
     phase2, phase2_counts = build_phase2(ctx, cfg.seed, cfg.max_train_per_task, cfg.max_eval_per_task)
 

@@ -68,6 +68,7 @@ class Context:
     history_len: int
     num_candidates: int
     noun: str
+    candidate_titles: bool = False  # candidate lists show each title before its placeholder
 
 
 def _number(x):
@@ -144,7 +145,7 @@ def candidate_facts(ctx, split, rng):
             cands = [target, *ctx.sampler.sample(u, ctx.num_candidates - 1, rng)]
         else:
             cands = ctx.candidates[split][u]
-        yield facts | {"candidates": items(*_shuffled(cands, rng))}
+        yield facts | {"candidates": items(*_shuffled(cands, rng), titled=ctx.candidate_titles)}
 
 
 def conversation_facts(ctx, split, rng):
@@ -187,15 +188,16 @@ assert set(BUILDERS) == set(TASKS)
 # ---------------------------------------------------------------------------------------------
 
 
-def make_row(task, facts, choices, rng):
-    """Render facts with a random template among `choices` whose fields are all present."""
+def make_row(task, facts, choices, rng, titles=None):
+    """Render facts with a random template among `choices` whose fields are all present
+    (`titles`: item id -> title, for titled fields)."""
     present = {k for k, v in facts.items() if v is not None}
     usable = [tid for tid in choices if template_fields(get_template(tid)) <= present]
     if not usable:
         return None
     tid = usable[int(rng.integers(len(usable)))]
     template = get_template(tid)
-    messages, item_ids, user_ids = render(template, facts)
+    messages, item_ids, user_ids = render(template, facts, titles)
     text = "".join(m["content"] for m in messages)
     assert text.count(ITEM_PLACEHOLDER) == len(item_ids) and text.count(USER_PLACEHOLDER) == len(user_ids), tid
     item_of = facts.get("item_of", {})
@@ -215,6 +217,7 @@ def build_phase2(ctx, seed, max_train_per_task, max_eval_per_task):
     """Returns (DatasetDict with SPLITS, counts {task: {split: n}})."""
     rows = {s: [] for s in SPLITS}
     counts = {task: {} for task in TASKS}
+    titles = {item_id: item["title"] for item_id, item in ctx.items.items()}
     for ti, task in enumerate(tqdm(TASKS, desc="phase2 tasks")):
         for split, si in SPLIT_INDEX.items():
             rng = np.random.default_rng([seed, ti, si])  # independent stream per (task, split)
@@ -224,12 +227,12 @@ def build_phase2(ctx, seed, max_train_per_task, max_eval_per_task):
                 if cap is not None and len(seen) >= cap:
                     break
                 facts["noun"] = ctx.noun
-                row = make_row(task, facts, template_ids(task, unseen=False), rng)
+                row = make_row(task, facts, template_ids(task, unseen=False), rng, titles)
                 if row is None:  # no template fits these facts (e.g. an item without genres)
                     continue
                 seen.append(row)
                 if split != "train":
-                    row = make_row(task, facts, template_ids(task, unseen=True), rng)
+                    row = make_row(task, facts, template_ids(task, unseen=True), rng, titles)
                     unseen += [row] if row is not None else []
             rows[split] += seen
             counts[task][split] = len(seen)

@@ -20,10 +20,11 @@ USER_PLACEHOLDER = "<user>"
 class Ref:
     kind: str  # "item" or "user"
     ids: tuple
+    titled: bool = False  # each item as its title then its placeholder (LLaRA's hybrid rendering)
 
 
-def items(*ids):
-    return Ref("item", tuple(ids))
+def items(*ids, titled=False):
+    return Ref("item", tuple(ids), titled)
 
 
 def user(uid):
@@ -141,8 +142,19 @@ def get_template(template_id):
     return TEMPLATES[task][int(i)]
 
 
-def render(template, facts):
-    """Fill a template. Returns (messages, item_ids, user_ids) with ids in placeholder order."""
+def entity_title(titles, item_id):
+    """An item's title for titled rendering; a title holding a placeholder would add an entity."""
+    title = (titles or {}).get(item_id)
+    if not title:
+        raise ValueError(f"Item {item_id!r} has no title to render beside its placeholder.")
+    if ITEM_PLACEHOLDER in title or USER_PLACEHOLDER in title:
+        raise ValueError(f"The title of item {item_id!r} ({title!r}) contains a placeholder; it cannot be shown beside one.")
+    return title
+
+
+def render(template, facts, titles=None):
+    """Fill a template. Returns (messages, item_ids, user_ids) with ids in placeholder order.
+    `titles` (item id -> title) is needed for titled Refs."""
     messages, ids = [], {"item": [], "user": []}
     for turn, text in enumerate(template):
         parts = []
@@ -153,7 +165,10 @@ def render(template, facts):
             value = facts[name]
             if isinstance(value, Ref):
                 placeholder = ITEM_PLACEHOLDER if value.kind == "item" else USER_PLACEHOLDER
-                parts.append(", ".join([placeholder] * len(value.ids)))
+                if value.titled:
+                    parts.append(", ".join(f"{entity_title(titles, i)} {placeholder}" for i in value.ids))
+                else:
+                    parts.append(", ".join([placeholder] * len(value.ids)))
                 ids[value.kind].extend(value.ids)
             else:
                 parts.append(str(value))

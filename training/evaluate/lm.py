@@ -22,6 +22,11 @@ def content_free_prompt(noun: str) -> Prompt:
     return Prompt([{"role": "user", "content": f"Recommend {article} {noun}."}], [], [])
 
 
+# Weight of the ranking head's scores in head-guided constrained decoding, against the LLM's token
+# scores (chosen on the validation split: benchmarks/quality.md).
+GUIDE_WEIGHT = 100.0
+
+
 class ChatModel:
     """
     Args:
@@ -34,13 +39,15 @@ class ChatModel:
             answer token). `score_parts` returns both parts whatever it is.
         answer_chunk: answers scored per forward pass. Answers are sorted by length first, so
             smaller chunks waste less padding; 16 splits 20 candidates into two similar-length groups.
+        guide_weight: weight of the ranking head's scores in head-guided constrained decoding.
     """
 
-    def __init__(self, model, processor, as_text=False, batch_size=16, max_new_tokens=24, reduce="sum", answer_chunk=16):
+    def __init__(self, model, processor, as_text=False, batch_size=16, max_new_tokens=24, reduce="sum", answer_chunk=16, guide_weight=GUIDE_WEIGHT):
         if reduce not in ("sum", "mean"):
             raise ValueError(f"reduce={reduce!r}; use 'sum' or 'mean'.")
         self.model, self.processor, self.as_text = model.eval(), processor, as_text
         self.batch_size, self.max_new_tokens, self.reduce, self.answer_chunk = batch_size, max_new_tokens, reduce, answer_chunk
+        self.guide_weight = guide_weight
         self.titles = {item["item_id"]: item["title"] for item in processor.catalog["items"]}
         self.entity_tokens = {} if as_text else self._catalog_tokens()
         self._answer_ids = {}  # answer text -> token ids
@@ -172,18 +179,21 @@ class ChatModel:
         return np.array([self._content_free[(noun, a)] for a in answers], dtype=float)
 
     @torch.no_grad()
-    def generate(self, prompts, desc="generate", max_new_tokens=None, candidates=None) -> list:
+    def generate(self, prompts, desc="generate", max_new_tokens=None, candidates=None, candidate_scores=None) -> list:
         """Greedy answers (decoded, stripped) for a list of `Prompt`s, in batches.
         `max_new_tokens` lowers the budget for this call (never above the model's).
         `candidates`: one list of item ids per prompt; decoding is then constrained to their
-        titles (a prefix trie), so every answer names one of them."""
+        titles (a prefix trie), so every answer names one of them. `candidate_scores`: a score per
+        candidate per prompt (the ranking head's) that guides the constrained decoding
+        (`guide_weight` x score; see `TitleConstrainedLogitsProcessor`)."""
         config = GenerationConfig(**self.greedy, max_new_tokens=min(max_new_tokens or self.max_new_tokens, self.max_new_tokens))
         answers = []
         for start in tqdm(range(0, len(prompts), self.batch_size), desc=desc, leave=False):
             inputs = self.encode(prompts[start : start + self.batch_size])
             constraint = None
             if candidates is not None:
-                constraint = self.processor.title_constraint(inputs["input_ids"], candidates[start : start + self.batch_size])
+                scores = None if candidate_scores is None else candidate_scores[start : start + self.batch_size]
+                constraint = self.processor.title_constraint(inputs["input_ids"], candidates[start : start + self.batch_size], scores, self.guide_weight)
             out = self.model.generate(**inputs, generation_config=config, logits_processor=constraint)
             new = out[:, inputs["input_ids"].shape[1] :]
             answers += [text.strip() for text in self.processor.batch_decode(new, skip_special_tokens=True)]

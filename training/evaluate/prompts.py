@@ -21,17 +21,18 @@ class Prompt:
     user_ids: list
 
 
-def render_prompt(template_id: str, **facts) -> Prompt:
-    """A template's turns before its answer, filled with `facts` (Refs for items and users)."""
-    messages, item_ids, user_ids = render(get_template(template_id)[:-1], facts)
+def render_prompt(template_id: str, titles=None, **facts) -> Prompt:
+    """A template's turns before its answer, filled with `facts` (Refs for items and users;
+    `titles`, item id -> title, for titled Refs)."""
+    messages, item_ids, user_ids = render(get_template(template_id)[:-1], facts, titles)
     return Prompt(messages, item_ids, user_ids)
 
 
 def recommendation_prompt(protocol, user_id: str, template_id: str, with_candidates: bool) -> Prompt:
     facts = {"user": user(user_id), "history": items(*protocol.history(user_id)), "noun": protocol.noun}
     if with_candidates:
-        facts["candidates"] = items(*protocol.candidates[user_id])
-    return render_prompt(template_id, **facts)
+        facts["candidates"] = items(*protocol.candidates[user_id], titled=protocol.candidate_titles)
+    return render_prompt(template_id, titles=protocol.titles, **facts)
 
 
 def phase2_prompt(row: dict) -> Prompt:
@@ -40,14 +41,24 @@ def phase2_prompt(row: dict) -> Prompt:
 
 
 def as_text(prompt: Prompt, titles: dict) -> Prompt:
-    """Titles in place of <item> and user ids in place of <user>: the text-only baseline's prompt."""
+    """Titles in place of <item> and user ids in place of <user>: the text-only baseline's prompt.
+    An item already shown as "Title <item>" (titled rendering) becomes its title once."""
     queues = {ITEM_PLACEHOLDER: iter(prompt.item_ids), USER_PLACEHOLDER: iter(prompt.user_ids)}
-
-    def fill(match):
-        entity = next(queues[match.group()])
-        return titles[entity] if match.group() == ITEM_PLACEHOLDER else entity
-
-    messages = [{**m, "content": PLACEHOLDER.sub(fill, m["content"])} for m in prompt.messages]
+    messages = []
+    for message in prompt.messages:
+        content, text = message["content"], ""
+        end = 0
+        for match in PLACEHOLDER.finditer(content):
+            text += content[end : match.start()]
+            entity = next(queues[match.group()])
+            if match.group() == USER_PLACEHOLDER:
+                text += entity
+            elif not text.endswith(f"{titles[entity]} "):
+                text += titles[entity]
+            else:
+                text = text[:-1]  # its title is already there: drop the space before the placeholder
+            end = match.end()
+        messages.append({**message, "content": text + content[end:]})
     return Prompt(messages, [], [])
 
 

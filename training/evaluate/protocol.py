@@ -65,6 +65,7 @@ class Protocol:
     history_len: int = 10
     seed: int = 0
     noun: str = "movie"
+    candidate_titles: bool = False  # candidate prompts show each title before its placeholder (as the data build did)
     titles: dict = field(init=False)  # item id -> title
 
     def __post_init__(self):
@@ -79,7 +80,7 @@ class Protocol:
 
     def describe(self, bootstrap: int) -> dict:
         """The "protocol" block of results.json."""
-        return {
+        described = {
             "name": f"{self.num_candidates}-candidate",
             "num_candidates": self.num_candidates,
             "split": self.split,
@@ -89,6 +90,9 @@ class Protocol:
             "bootstrap": bootstrap,
             "seed": self.seed,
         }
+        if self.candidate_titles:  # only when set: results and caches of the default protocol keep their keys
+            described["candidate_titles"] = True
+        return described
 
 
 def load_protocol(data_dir, split="test", candidates_file=None, users=None, seed=0, history_len=10) -> Protocol:
@@ -103,7 +107,7 @@ def load_protocol(data_dir, split="test", candidates_file=None, users=None, seed
     chosen = select_users(rows, users)
     histories = user_histories(data_dir, split)
     stats = data_dir / "stats.json"
-    noun = json.loads(stats.read_text()).get("config", {}).get("item_noun", "item") if stats.exists() else "item"
+    built = json.loads(stats.read_text()).get("config", {}) if stats.exists() else {}
     return Protocol(
         split=split,
         candidates_file=candidates_file,
@@ -114,5 +118,6 @@ def load_protocol(data_dir, split="test", candidates_file=None, users=None, seed
         catalog=catalog,
         history_len=history_len,
         seed=seed,
-        noun=noun,
+        noun=built.get("item_noun", "item"),
+        candidate_titles=bool(built.get("candidate_titles", False)),
     )

@@ -124,11 +124,18 @@ def log_examples(name, users, answers, targets, n=3):
 
 def generation_section(chat_model, protocol, n_boot=1000, seed=0, template_id=CANDIDATE_TEMPLATE, constrained=False) -> dict:
     """Greedy answers to the candidate prompt; `constrained`: decoding restricted to the user's
-    candidate titles (a prefix trie), so the answer always names a candidate."""
+    candidate titles (a prefix trie), so the answer always names a candidate, and, for a model with
+    a ranking head, guided by the head's scores of the candidates (read from the next-item prompt,
+    as in `head_scorer`), so the answer names the head's choice."""
     users = protocol.users
     prompts = [recommendation_prompt(protocol, u, template_id, with_candidates=True) for u in users]
     candidates = [protocol.candidates[u] for u in users] if constrained else None
-    answers = chat_model.generate(prompts, desc="generation (constrained)" if constrained else "generation (candidates)", candidates=candidates)
+    scores = None
+    if constrained and chat_model.has_ranking_head:
+        scores = [chat_model.rank(recommendation_prompt(protocol, u, NEXT_ITEM_TEMPLATE, with_candidates=False), protocol.candidates[u]) for u in users]
+    answers = chat_model.generate(
+        prompts, desc="generation (constrained)" if constrained else "generation (candidates)", candidates=candidates, candidate_scores=scores
+    )
     chosen = [chat_model.match_item(a, protocol.candidates[u]) for a, u in zip(answers, users)]
     log_examples("generation", users, answers, [protocol.titles[protocol.targets[u]] for u in users])
     values = per_example("choice", chosen, [protocol.targets[u] for u in users])

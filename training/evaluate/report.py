@@ -122,8 +122,9 @@ def protocol_note(protocol: dict) -> str:
         "history, no candidates); its *full catalog* HR@10 ranks every catalog item, the user's earlier items "
         "masked out.",
         "- *generation*: the greedy answer mapped to a candidate title (*constrained*: decoding restricted to the "
-        "candidates' titles by a prefix trie, so every answer is a candidate); *full catalog*: greedy answer to the "
-        "next-item prompt, exact (normalised) title match.",
+        "candidates' titles by a prefix trie, so every answer is a candidate; for a model with a ranking head, each "
+        "title is also weighted by the head's score, so the answer names the head's choice); *full catalog*: greedy "
+        "answer to the next-item prompt, exact (normalised) title match.",
         "- *alignment*: held-out items, seen and held-out (unseen) templates; semantic = cosine of "
         "mean-pooled MiniLM embeddings of answer and reference.",
         f"- Values are means with 95% confidence intervals in brackets: {ci}; alignment resamples items.",
