@@ -52,6 +52,7 @@ class ChatModel:
         self.entity_tokens = {} if as_text else self._catalog_tokens()
         self._answer_ids = {}  # answer text -> token ids
         self._content_free = {}  # (noun, answer text) -> summed log-likelihood under content_free_prompt(noun)
+        self._ranked = {}  # (prompt, item ids) -> ranking-head scores
         tokenizer = processor.tokenizer
         eos = model.generation_config.eos_token_id
         self.greedy = dict(do_sample=False, eos_token_id=eos if eos is not None else tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
@@ -96,12 +97,17 @@ class ChatModel:
     @torch.no_grad()
     def rank(self, prompt, item_ids=None) -> np.ndarray:
         """The ranking head's score of each item (catalog ids; None: the whole catalog in row order)
-        for one prompt: a single forward, whatever the number of items."""
-        inputs = self.encode([prompt])
-        tokens = self.entity_tokens["item"]
-        if item_ids is not None:
-            tokens = tokens[torch.tensor(self.processor.rows(item_ids), device=self.device)]
-        return self.model.score_items(**inputs, candidate_tokens=tokens)[0].float().cpu().numpy()
+        for one prompt: a single forward, whatever the number of items. Memoised (like the catalog's
+        item tokens, it assumes the model does not change): the ranking-head section and head-guided
+        decoding ask for the same prompts and candidates."""
+        key = (repr(prompt), None if item_ids is None else tuple(item_ids))
+        if key not in self._ranked:
+            inputs = self.encode([prompt])
+            tokens = self.entity_tokens["item"]
+            if item_ids is not None:
+                tokens = tokens[torch.tensor(self.processor.rows(item_ids), device=self.device)]
+            self._ranked[key] = self.model.score_items(**inputs, candidate_tokens=tokens)[0].float().cpu().numpy()
+        return self._ranked[key].copy()
 
     def answer_ids(self, answer: str) -> list:
         """Token ids of an assistant answer as the chat template renders it, up to its end-of-turn
