@@ -30,3 +30,8 @@ if __name__ == "__main__":
         for cls in (ILMForConditionalGeneration, ILMProcessor):
             record_writes(cls, config.output_dir)
     finetune(config)
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()  # every process done before any leaves
+        os._exit(0)  # gloo's process-group teardown can hang at exit
