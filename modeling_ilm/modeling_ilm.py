@@ -756,22 +756,24 @@ class _GatherRows(torch.autograd.Function):
         return grad[ctx.start : ctx.start + ctx.size], None
 
 
-def gather_rows(local: torch.Tensor) -> tuple[torch.Tensor, int, float]:
-    """(rows of every process, this process's offset in them, its share of the mean).
+def gather_rows(*local: torch.Tensor) -> tuple[list[torch.Tensor], int, float]:
+    """([rows of every process, per tensor], this process's offset in them, its share of the mean).
 
-    Contrastive losses compare local rows against every process's; a loss summed over the local rows
-    and divided by the share averages, over DDP's gradient mean, to the single-process mean over all
-    rows, however unevenly the rows are spread. One process: `(local, 0, len(local))`.
+    The tensors hold one row per local example (same count). Contrastive losses compare local rows
+    against every process's; a loss summed over the local rows and divided by the share averages,
+    over DDP's gradient mean, to the single-process mean over all rows, however unevenly the rows are
+    spread. One process: `(list(local), 0, len(rows))`.
     """
+    rows = len(local[0])
     dist = _process_group()
     if dist is None:
-        return local, 0, float(len(local))
-    count = torch.tensor([len(local)], device=local.device)
+        return list(local), 0, float(rows)
+    count = torch.tensor([rows], device=local[0].device)
     counts = [torch.zeros_like(count) for _ in range(dist.get_world_size())]
     dist.all_gather(counts, count)
     sizes = [int(c) for c in counts]
-    share = sum(sizes) / len(sizes)
-    return _GatherRows.apply(local.contiguous(), sizes), sum(sizes[: dist.get_rank()]), share
+    gathered = [_GatherRows.apply(tensor.contiguous(), sizes) for tensor in local]
+    return gathered, sum(sizes[: dist.get_rank()]), sum(sizes) / len(sizes)
 
 
 def info_nce(logits: torch.Tensor, key_ids: torch.Tensor, offset: int = 0, share: float | None = None) -> torch.Tensor:
@@ -910,9 +912,7 @@ class ILMForItemTextPretraining(ILMPreTrainedModel):
 
         if weights["itc"] or weights["itm"]:
             text_feats = self.text_features(input_ids, attention_mask)
-            all_text, offset, share = gather_rows(text_feats)
-            all_ids, _, _ = gather_rows(anchor_ids)
-            all_items, _, _ = gather_rows(item_feats)
+            (all_text, all_ids, all_items), offset, share = gather_rows(text_feats, anchor_ids, item_feats)
             sim_i2t = self.item_text_similarity(item_feats, all_text)
             sim_t2i = self.item_text_similarity(all_items, text_feats).t()
             if weights["itc"]:
@@ -948,13 +948,12 @@ class ILMForItemTextPretraining(ILMPreTrainedModel):
         with a hard negative item. Negatives come from every process's batch (as in BLIP-2), drawn in
         proportion to ITC similarity (`sim_i2t` / `sim_t2i`: local rows against all), never the positive
         or a duplicate of it (the same item id or the same text)."""
-        all_cf, _, _ = gather_rows(cf)  # frozen CF vectors: no gradient to gather
         width, group = torch.tensor(input_ids.shape[1], device=input_ids.device), _process_group()
         if group is not None:  # texts are padded per process: to the longest of all
             group.all_reduce(width, op=group.ReduceOp.MAX)
         pad = (0, int(width) - input_ids.shape[1])
-        all_text, _, _ = gather_rows(nn.functional.pad(input_ids, pad))
-        all_mask, _, _ = gather_rows(nn.functional.pad(attention_mask, pad))
+        # the CF vectors are frozen: no gradient flows back through their gather
+        (all_cf, all_text, all_mask), _, _ = gather_rows(cf, nn.functional.pad(input_ids, pad), nn.functional.pad(attention_mask, pad))
         rows = torch.arange(cf.shape[0], device=cf.device)
         local = rows + offset
         same = (all_ids[local][:, None] == all_ids[None, :]) | (all_text[local][:, None, :] == all_text[None, :, :]).all(-1)
@@ -976,13 +975,11 @@ class ILMForItemTextPretraining(ILMPreTrainedModel):
         are not negatives. Rows without a partner (-1) sit out; None when no process has one."""
         has = other_ids >= 0
         anchors = nn.functional.normalize(item_feats[has].mean(1), dim=-1)
-        all_anchors, offset, share = gather_rows(anchors)
+        (all_anchors, all_anchor_ids), offset, share = gather_rows(anchors, anchor_ids[has])
         if share == 0:
             return None
         others = self.pooled_features(self.cf_vectors(entity, other_ids[has]), is_user=entity == "user")
-        all_others, _, _ = gather_rows(others)
-        all_anchor_ids, _, _ = gather_rows(anchor_ids[has])
-        all_other_ids, _, _ = gather_rows(other_ids[has])
+        (all_others, all_other_ids), _, _ = gather_rows(others, other_ids[has])
         return (
             info_nce(anchors @ all_others.t() / temperature, all_other_ids, offset, share)
             + info_nce(others @ all_anchors.t() / temperature, all_anchor_ids, offset, share)
