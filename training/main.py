@@ -166,8 +166,11 @@ def demo(model_dir, data_dir):
         chat.append({"role": "user", "content": text})
         item_ids += ids
         inputs = processor(messages=chat, item_ids=item_ids)
-        guide = turn == 0 and model.item_scorer is not None  # a recommendation: follow the ranking head
-        answer = guided_answer(model, processor, inputs, exclude=item_ids if guide else None)
+        scores = None
+        if turn == 0 and model.item_scorer is not None:  # a recommendation: follow the ranking head
+            scores = model.score_items(**inputs)[:1].float()
+            scores[0, processor.rows(item_ids)] = float("-inf")  # not what the user already named
+        answer = guided_answer(model, processor, inputs, scores)
         chat.append({"role": "assistant", "content": answer})
         print(f"user: {text}   (<item> = {'; '.join(processor.item(i)['title'] for i in ids)})")
         print(f"assistant: {answer}")
@@ -181,19 +184,15 @@ def demo(model_dir, data_dir):
         scores[processor.rows(protocol.histories[user_id])] = float("-inf")
         top = [processor.catalog["items"][row]["title"] for row in scores.argsort()[::-1][:5]]
         recent = "; ".join(protocol.titles[i] for i in protocol.history(user_id)[-3:])
-        answer = guided_answer(model, processor, chat_model.encode([prompt]), exclude=protocol.histories[user_id])
+        answer = guided_answer(model, processor, chat_model.encode([prompt]), torch.from_numpy(scores)[None])
         print(f"user {user_id} (recently: {recent}) -> answer: {answer} | ranking head top 5: {' | '.join(top)}")
 
 
-def guided_answer(model, processor, inputs, exclude=None, max_new_tokens=32) -> str:
-    """Greedy answer among the catalog's titles; with `exclude` (item ids the user already has), the
-    decoding follows the ranking head's scores of every other item (see `title_constraint`)."""
+def guided_answer(model, processor, inputs, scores=None, max_new_tokens=32) -> str:
+    """Greedy answer among the catalog's titles; with `scores` (`(1, num_items)`, the ranking head's,
+    -inf for items left out), the decoding follows them (see `title_constraint`)."""
     from training.evaluate.lm import GUIDE_WEIGHT
 
-    scores = None
-    if exclude is not None:
-        scores = model.score_items(**inputs)[:1].float()
-        scores[0, processor.rows(exclude)] = -1e4
     constraint = processor.title_constraint(inputs["input_ids"], scores=scores, score_weight=GUIDE_WEIGHT)
     output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, logits_processor=constraint)
     return processor.decode(output[0, inputs["input_ids"].shape[1] :]).strip()
