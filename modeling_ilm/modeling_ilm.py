@@ -543,8 +543,10 @@ class ILMForConditionalGeneration(ILMPreTrainedModel, GenerationMixin):
                 masks[kind] = (input_ids.to(device) == token_id).unsqueeze(-1).to(hidden.dtype)
 
         def prefix_mean(states, mask):  # mean of `states` over the masked positions up to each query position
-            sums, counts = (states.to(device, hidden.dtype) * mask).cumsum(1), mask.cumsum(1)
-            return sums[rows, cols] / counts[rows, cols].clamp(min=1)
+            # float32: a bf16 running count is exact only up to 256 positions
+            mask = mask.float()
+            sums, counts = (states.to(device, torch.float32) * mask).cumsum(1), mask.cumsum(1)
+            return (sums[rows, cols] / counts[rows, cols].clamp(min=1)).to(hidden.dtype)
 
         query = self.item_scorer.queries(
             hidden[rows, cols], prefix_mean(hidden, masks["user"]), prefix_mean(hidden, masks["item"]), prefix_mean(inputs_embeds, masks["item"])

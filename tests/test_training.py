@@ -63,6 +63,15 @@ def test_phase1_examples_draw_real_partners_and_likers(data_dir):
         assert example["user_ids"] == -1 or example["user_ids"] in examples.likers[example["item_ids"]]
 
 
+def test_phase1_examples_draw_afresh_in_each_dataloader_worker_and_epoch(data_dir):
+    examples = Phase1Examples(data_dir, seed=0)
+    loader = torch.utils.data.DataLoader(examples, batch_size=None, num_workers=2, generator=torch.Generator().manual_seed(0))
+    epochs = [[(int(e["partner_ids"]), int(e["user_ids"])) for e in loader] for _ in range(2)]
+    assert epochs[0] != epochs[1]  # workers are re-made each epoch from the same state: without a reseed, a replay
+    again = torch.utils.data.DataLoader(Phase1Examples(data_dir, seed=0), batch_size=None, num_workers=2, generator=torch.Generator().manual_seed(0))
+    assert [(int(e["partner_ids"]), int(e["user_ids"])) for e in again] == epochs[0]  # still seeded
+
+
 def test_task_mixing_follows_the_weights(data_dir):
     train = load_from_disk(str(data_dir / "phase2"))["train"]
     rows = mixed_examples(train, {"item_title": 3.0, "item_year": 1.0}, size=400, seed=0)

@@ -30,6 +30,10 @@ def load_preset(preset: str) -> dict:
     return yaml.safe_load(path.read_text())
 
 
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def stage(name, timings):
     """Context manager that logs a stage and records its wall time."""
 
@@ -109,7 +113,7 @@ def evaluate_stage(settings, model_dir, data_dir, eval_dir, name):
 
     if (eval_dir / "results.json").exists():
         return json.loads((eval_dir / "results.json").read_text())
-    model = ILMForConditionalGeneration.from_pretrained(model_dir).eval()
+    model = ILMForConditionalGeneration.from_pretrained(model_dir).to(default_device()).eval()
     processor = ILMProcessor.from_pretrained(model_dir)
     common = dict(users=settings.get("users"), bootstrap=settings.get("bootstrap", 1000))
     if settings.get("sections"):
@@ -153,7 +157,7 @@ def demo(model_dir, data_dir):
     from training.evaluate.lm import ChatModel
     from training.evaluate.prompts import NEXT_ITEM_TEMPLATE, recommendation_prompt
 
-    model = ILMForConditionalGeneration.from_pretrained(model_dir).eval()
+    model = ILMForConditionalGeneration.from_pretrained(model_dir).to(default_device()).eval()
     processor = ILMProcessor.from_pretrained(model_dir)
     star_wars = [i for i in ("50", "181", "172") if i in processor._index["item"]]  # the trilogy in ml-100k
     turns = [
@@ -165,7 +169,7 @@ def demo(model_dir, data_dir):
     for turn, (text, ids) in enumerate(turns):
         chat.append({"role": "user", "content": text})
         item_ids += ids
-        inputs = processor(messages=chat, item_ids=item_ids)
+        inputs = processor(messages=chat, item_ids=item_ids).to(model.device)
         scores = None
         if turn == 0 and model.item_scorer is not None:  # a recommendation: follow the ranking head
             scores = model.score_items(**inputs)[:1].float()

@@ -77,19 +77,27 @@ class Phase1Examples(torch.utils.data.Dataset):
         likes = phase1["user_item_train"]
         for user, item in zip(likes["user_id"], likes["item_id"]):
             self.likers.setdefault(self.item_row[item], []).append(self.user_row[user])
-        self.rng = np.random.default_rng(seed)
+        self.rng, self.worker_seed = np.random.default_rng(seed), None
 
     def __len__(self):
         return len(self.items)
 
+    def generator(self):
+        # DataLoader workers each get a copy of this object, re-made every epoch: without a reseed
+        # they would all replay the same draws. torch gives each worker a seed per epoch (seeded by Trainer).
+        worker = torch.utils.data.get_worker_info()
+        if worker is not None and worker.seed != self.worker_seed:
+            self.rng, self.worker_seed = np.random.default_rng(worker.seed), worker.seed
+        return self.rng
+
     def __getitem__(self, index):
-        item = self.items[index]
+        item, rng = self.items[index], self.generator()
         partner, user = -1, -1
         if item in self.partners:
             weights = np.asarray(self.partner_weights[item], dtype=float)
-            partner = int(self.rng.choice(self.partners[item], p=weights / weights.sum()))
+            partner = int(rng.choice(self.partners[item], p=weights / weights.sum()))
         if item in self.likers:
-            user = int(self.rng.choice(self.likers[item]))
+            user = int(rng.choice(self.likers[item]))
         return {"item_ids": item, "text": self.texts[index], "partner_ids": partner, "user_ids": user}
 
 
@@ -177,17 +185,14 @@ def build_model(config: PretrainConfig) -> ILMForItemTextPretraining:
     )
 
 
-def pretrain(config: PretrainConfig) -> dict:
-    """Runs phase 1 end to end and returns its summary (also `output_dir/phase1_results.json`)."""
-    start = time.time()
-    output_dir = start_run(config, "pretrain_config.yaml")
+def build_trainer(config: PretrainConfig):
+    """(trainer, Q-Former tokenizer): the phase-1 Trainer over the train items."""
     model = build_model(config)
     tokenizer = AutoTokenizer.from_pretrained(assets.resolve_qformer(config.qformer))
 
     def tokenize(texts):
         return tokenizer(texts, padding=True, truncation=True, max_length=config.max_text_length, return_tensors="pt")
 
-    phase1_eval = make_phase1_eval(config.data_dir, tokenize, config.eval_items)
     train_dataset = Phase1Examples(config.data_dir, seed=config.seed)
     trainer = Phase1Trainer(
         model=model,
@@ -195,8 +200,17 @@ def pretrain(config: PretrainConfig) -> dict:
         train_dataset=train_dataset,
         eval_dataset=train_dataset if config.eval_steps else None,  # unused: evaluate() reads the catalog
         data_collator=Phase1Collator(tokenizer, config.max_text_length),
-        phase1_eval=phase1_eval,
+        phase1_eval=make_phase1_eval(config.data_dir, tokenize, config.eval_items),
     )
+    return trainer, tokenizer
+
+
+def pretrain(config: PretrainConfig) -> dict:
+    """Runs phase 1 end to end and returns its summary (also `output_dir/phase1_results.json`)."""
+    start = time.time()
+    output_dir = start_run(config, "pretrain_config.yaml")
+    trainer, tokenizer = build_trainer(config)
+    model = trainer.model
     resume = last_checkpoint(config.output_dir)
     if resume:
         logger.info("Resuming phase 1 from %s", resume)

@@ -65,7 +65,8 @@ class ComponentLossTrainer(Trainer):
         outputs = model(**inputs)
         for name, value in outputs.items():
             if name.startswith("loss_") and value is not None:
-                self._components[name] = self._components.get(name, 0.0) + value.detach().float().item()
+                # summed on the device: no host sync per step; read once per log
+                self._components[name] = self._components.get(name, 0.0) + value.detach().float()
                 self._counts[name] = self._counts.get(name, 0) + 1
         loss = outputs.loss
         if num_items_in_batch is not None and loss is not None:
@@ -90,7 +91,7 @@ class ComponentLossTrainer(Trainer):
 
     def log(self, logs, *args, **kwargs):
         if "loss" in logs:  # a training log: add the component averages since the last one
-            logs.update({name: round(total / self._counts[name], 4) for name, total in self._components.items()})
+            logs.update({name: round(float(total) / self._counts[name], 4) for name, total in self._components.items()})
             self._components, self._counts = {}, {}
         super().log(logs, *args, **kwargs)
 
@@ -114,7 +115,7 @@ def training_arguments(config, **overrides) -> TrainingArguments:
         save_steps=config.save_steps,
         save_total_limit=2,
         bf16=bool(use_bf16),
-        gradient_checkpointing=config.gradient_checkpointing,
+        activation_checkpointing=config.gradient_checkpointing,
         dataloader_num_workers=config.dataloader_num_workers,
         seed=config.seed,
         report_to="none",
