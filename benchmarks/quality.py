@@ -244,6 +244,7 @@ def main(argv=None):
         parser.error(f"unknown rows {unknown}: choose from {','.join(ROWS)}")
     out = Path(args.out)
     preset = yaml.safe_load(PRESET.read_text())
+    preset["finetune"]["curve_steps"] = 50  # the ladder's curves keep 50-step resolution (the main job measures every 100)
     base = baselines(out, preset, args.users)
     trained = {name: Path(folder) for name, folder in (item.split("=", 1) for item in args.trained)}
     rows = [run_row(name, out, preset, args.users, trained.get(name)) for name in names]

@@ -28,7 +28,7 @@ from training.evaluate.harness import LLM_SECTIONS, SECTIONS, llm_sections
 from training.evaluate.lm import ChatModel, content_free_prompt, match_answer
 from training.evaluate.metrics import bootstrap_ci, per_example, summarize
 from training.evaluate.preservation import max_logit_difference
-from training.evaluate.prompts import CANDIDATE_TEMPLATE, as_text, recommendation_prompt, text_processor
+from training.evaluate.prompts import CANDIDATE_TEMPLATE, NEXT_ITEM_TEMPLATE, as_text, recommendation_prompt, text_processor
 from training.evaluate.protocol import display_order, select_users
 from training.evaluate.recommendation import LikelihoodScores, generation_section, likelihood_scorer, ranking_section
 
@@ -380,6 +380,24 @@ def test_generation_metrics_from_answers(ilm, protocol):
     assert out["hr@1_valid"]["value"] == pytest.approx(2 / 3)
 
 
+def test_ranking_head_scores_prompts_in_batches_as_one_by_one(ilm, protocol):
+    """Batched (left-padded prompts of different lengths) equals one prompt per forward, and the
+    candidates' scores are read from the whole catalog's."""
+    model, processor = ilm
+    model = copy.deepcopy(model)
+    model.enable_ranking_head()
+    prompts = [recommendation_prompt(protocol, u, NEXT_ITEM_TEMPLATE, with_candidates=False) for u in protocol.users[:5]]
+    prompts[1] = dataclasses.replace(prompts[1], item_ids=prompts[1].item_ids[:1], user_ids=[], messages=[{"role": "user", "content": "I watched <item>. What next?"}])
+    batched = ChatModel(model, processor, batch_size=4)
+    batched.rank_prompts(prompts)
+    one_by_one = ChatModel(model, processor, batch_size=1)
+    for prompt, user in zip(prompts, protocol.users):
+        catalog = one_by_one.rank(prompt)
+        np.testing.assert_allclose(batched.rank(prompt), catalog, atol=1e-5)
+        candidates = protocol.candidates[user]
+        np.testing.assert_array_equal(batched.rank(prompt, candidates), batched.rank(prompt)[processor.rows(candidates)])
+
+
 def test_constrained_generation_is_guided_by_the_ranking_head_from_the_next_item_prompt(ilm, protocol):
     """With a ranking head, constrained decoding gets the head's score of each candidate, read from
     the next-item prompt (no candidates in it) as the ranking-head section reads it."""
@@ -388,6 +406,9 @@ def test_constrained_generation_is_guided_by_the_ranking_head_from_the_next_item
 
     class HeadChatModel(ScriptedChatModel):
         has_ranking_head = True
+
+        def rank_prompts(self, prompts):
+            pass
 
         def rank(self, prompt, item_ids):
             assert prompt.item_ids == self.protocol.history(prompt.user_ids[0])  # history only

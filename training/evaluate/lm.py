@@ -94,20 +94,26 @@ class ChatModel:
     def has_ranking_head(self) -> bool:
         return not self.as_text and getattr(self.model, "item_scorer", None) is not None
 
-    @torch.no_grad()
     def rank(self, prompt, item_ids=None) -> np.ndarray:
         """The ranking head's score of each item (catalog ids; None: the whole catalog in row order)
-        for one prompt: a single forward, whatever the number of items. Memoised (like the catalog's
-        item tokens, it assumes the model does not change): the ranking-head section and head-guided
-        decoding ask for the same prompts and candidates."""
-        key = (repr(prompt), None if item_ids is None else tuple(item_ids))
+        for one prompt. The head scores each item on its own, so the whole catalog is scored once per
+        prompt and any candidates are read from that (memoised: like the catalog's item tokens, this
+        assumes the model does not change; the head sections and head-guided decoding share it)."""
+        key = repr(prompt)
         if key not in self._ranked:
-            inputs = self.encode([prompt])
-            tokens = self.entity_tokens["item"]
-            if item_ids is not None:
-                tokens = tokens[torch.tensor(self.processor.rows(item_ids), device=self.device)]
-            self._ranked[key] = self.model.score_items(**inputs, candidate_tokens=tokens)[0].float().cpu().numpy()
-        return self._ranked[key].copy()
+            self.rank_prompts([prompt])
+        scores = self._ranked[key]
+        return scores[self.processor.rows(item_ids)] if item_ids is not None else scores.copy()
+
+    @torch.no_grad()
+    def rank_prompts(self, prompts, desc="ranking head"):
+        """Scores the whole catalog for each prompt not ranked yet, `batch_size` prompts per forward
+        (left-padded: the head reads the last attended position)."""
+        todo = list({repr(p): p for p in prompts if repr(p) not in self._ranked}.values())
+        for start in tqdm(range(0, len(todo), self.batch_size), desc=desc, leave=False, disable=len(todo) <= self.batch_size):
+            chunk = todo[start : start + self.batch_size]
+            scores = self.model.score_items(**self.encode(chunk), candidate_tokens=self.entity_tokens["item"]).float().cpu().numpy()
+            self._ranked.update({repr(p): row for p, row in zip(chunk, scores)})
 
     def answer_ids(self, answer: str) -> list:
         """Token ids of an assistant answer as the chat template renders it, up to its end-of-turn

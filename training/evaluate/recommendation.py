@@ -93,12 +93,22 @@ class LikelihoodScores:
         return self.sum(user_id, candidates) - self.content_free(candidates)
 
 
+def ranked_prompts(chat_model, protocol, template_id=NEXT_ITEM_TEMPLATE) -> dict:
+    """user -> next-item prompt, every one already ranked by the head (in batches; `rank` then
+    reads the memo)."""
+    prompts = {u: recommendation_prompt(protocol, u, template_id, with_candidates=False) for u in protocol.users}
+    chat_model.rank_prompts(list(prompts.values()))
+    return prompts
+
+
 def head_scorer(chat_model, protocol, template_id=NEXT_ITEM_TEMPLATE):
     """score_fn for ranking_section: the ranking head's score of each candidate, read from the
     next-item prompt (user and history, no candidates), so one forward ranks any number of items."""
 
+    prompts = ranked_prompts(chat_model, protocol, template_id)
+
     def score(user_id, candidates):
-        return chat_model.rank(recommendation_prompt(protocol, user_id, template_id, with_candidates=False), candidates)
+        return chat_model.rank(prompts[user_id], candidates)
 
     return score
 
@@ -107,8 +117,9 @@ def head_full_catalog_section(chat_model, protocol, n_boot=1000, seed=0, templat
     """HR@10 / NDCG@10 of the target among all catalog items by the ranking head (earlier items masked)."""
     row = {item["item_id"]: i for i, item in enumerate(protocol.catalog["items"])}
     scores, truth = [], []
-    for user_id in tqdm(protocol.users, desc="ranking head (full catalog)", leave=False):
-        user_scores = chat_model.rank(recommendation_prompt(protocol, user_id, template_id, with_candidates=False))
+    prompts = ranked_prompts(chat_model, protocol, template_id)
+    for user_id in protocol.users:
+        user_scores = chat_model.rank(prompts[user_id])
         target = row[protocol.targets[user_id]]
         user_scores[[row[i] for i in protocol.histories[user_id] if row[i] != target]] = -np.inf
         scores.append(user_scores.tolist())
@@ -132,7 +143,8 @@ def generation_section(chat_model, protocol, n_boot=1000, seed=0, template_id=CA
     candidates = [protocol.candidates[u] for u in users] if constrained else None
     scores = None
     if constrained and chat_model.has_ranking_head:
-        scores = [chat_model.rank(recommendation_prompt(protocol, u, NEXT_ITEM_TEMPLATE, with_candidates=False), protocol.candidates[u]) for u in users]
+        head = head_scorer(chat_model, protocol)
+        scores = [head(u, protocol.candidates[u]) for u in users]
     answers = chat_model.generate(
         prompts, desc="generation (constrained)" if constrained else "generation (candidates)", candidates=candidates, candidate_scores=scores
     )
