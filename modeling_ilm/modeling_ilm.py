@@ -286,6 +286,8 @@ class ILMPreTrainedModel(PreTrainedModel):
             table = torch.as_tensor(table, dtype=torch.float32)
             if table.ndim != 2 or table.shape[1] != self.config.cf_dim:
                 raise ValueError(f"{kind} CF table has shape {tuple(table.shape)}; expected (N, cf_dim={self.config.cf_dim}).")
+            if not torch.isfinite(table).all():
+                raise ValueError(f"{kind} CF table holds NaN or inf values (rows {torch.nonzero(~torch.isfinite(table).all(-1)).flatten()[:5].tolist()}); retrain the CF embeddings.")
             embedding = nn.Embedding.from_pretrained(table.to(self.device), freeze=True)
             setattr(self.cf_embeddings, f"{kind}s", embedding)
             setattr(self.cf_embeddings, f"num_{kind}s", table.shape[0])
@@ -297,6 +299,8 @@ class ILMPreTrainedModel(PreTrainedModel):
         if embeds is not None:
             if embeds.ndim != 2 or embeds.shape[-1] != self.config.cf_dim:
                 raise ValueError(f"{kind}_embeds has shape {tuple(embeds.shape)}; expected (N, {self.config.cf_dim}).")
+            if not torch.isfinite(embeds).all():
+                raise ValueError(f"{kind}_embeds holds NaN or inf values.")
             return embeds.to(self.device)
         return self.cf_embeddings.lookup(torch.as_tensor(ids, device=self.device).long(), kind)
 
@@ -407,6 +411,13 @@ class ILMForConditionalGeneration(ILMPreTrainedModel, GenerationMixin):
             )
         per_row = placeholders // queries
         value = ids if ids is not None else embeds if embeds is not None else tokens
+        if not torch.is_tensor(value):
+            raise TypeError(f"{given[0]} must be a torch tensor (ILMProcessor returns one), got {type(value).__name__}.")
+        if ids is not None and (ids.dtype.is_floating_point or ids.dtype == torch.bool):
+            raise TypeError(f"{kind}_ids must hold integer CF-table rows, got dtype {ids.dtype}.")
+        hidden = self.config.text_config.hidden_size
+        if tokens is not None and tuple(tokens.shape[-2:]) != (queries, hidden):
+            raise ValueError(f"{kind}_tokens has shape {tuple(tokens.shape)}; each entity needs ({queries}, {hidden}) (get_{kind}_tokens gives them).")
         if value.ndim == (1 if ids is not None else 2 if embeds is not None else 3):
             value = value.unsqueeze(0)  # one unbatched row
         if value.shape[0] != input_ids.shape[0]:
@@ -472,6 +483,11 @@ class ILMForConditionalGeneration(ILMPreTrainedModel, GenerationMixin):
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
+        if input_ids is not None and (not torch.is_tensor(input_ids) or input_ids.dtype.is_floating_point or input_ids.ndim != 2 or not input_ids.numel()):
+            raise TypeError(
+                "input_ids must be a non-empty 2-D integer tensor (batch, length), as ILMProcessor(..., return_tensors='pt') "
+                f"returns; got {type(input_ids).__name__}{'' if not torch.is_tensor(input_ids) else f' {input_ids.dtype} of shape {tuple(input_ids.shape)}'}."
+            )
         new_item_tokens = new_user_tokens = None
         if inputs_embeds is None:
             placeholder = torch.zeros_like(input_ids, dtype=torch.bool)

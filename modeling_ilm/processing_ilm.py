@@ -20,9 +20,10 @@ from transformers.processing_utils import ProcessorMixin
 
 
 def normalize_title(text: str) -> str:
-    """Lower-case, accents and punctuation dropped, whitespace collapsed: for matching titles."""
-    text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
-    return " ".join(re.sub(r"[^a-z0-9]+", " ", text.lower()).split())
+    """Lower-case, accents and punctuation dropped, whitespace collapsed: for matching titles.
+    Letters of any script stay (七人の侍 is not the empty string)."""
+    text = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+    return " ".join(re.sub(r"[\W_]+", " ", text.lower()).split())
 
 
 ITEM_RENDERINGS = ("tokens", "title+tokens")
@@ -291,6 +292,8 @@ class ILMProcessor(ProcessorMixin):
         """Maps a generated title to a catalog item id (exact after normalisation, else the closest
         title at or above `cutoff` similarity), optionally only among `candidates`; None if none."""
         wanted = normalize_title(text)
+        if not wanted:  # nothing but punctuation names no item
+            return None
         if candidates is None:
             titles = self._titles
         else:

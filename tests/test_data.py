@@ -408,8 +408,8 @@ def test_load_candidates_rejects_bad_files(tmp_path, content, error):
 
 def test_load_candidates_accepts_external_file(tmp_path):
     path = tmp_path / "c.json"
-    path.write_text('{"u1": ["1", "2"], "u2": ["3", "1", "2"]}')
-    assert load_candidates(path, item_ids=["1", "2", "3"]) == {"u1": ["1", "2"], "u2": ["3", "1", "2"]}
+    path.write_text('{"u1": ["1", "2", "3"], "u2": ["3", "1", "2"]}')
+    assert load_candidates(path, item_ids=["1", "2", "3"]) == {"u1": ["1", "2", "3"], "u2": ["3", "1", "2"]}
 
 
 # --------------------------------------------------------------------------------------------- bad input

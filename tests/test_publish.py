@@ -235,7 +235,7 @@ def test_refuses_pickles_and_leaves_nothing(folders, tmp_path):
     folder = copy_with_config(folders["light"], tmp_path / "m")
     torch.save({"w": torch.zeros(1)}, folder / "pytorch_model.bin")
     out = tmp_path / "out" / "hub"
-    with pytest.raises(PublishError, match=r"pickle files \['pytorch_model.bin'\].*safetensors"):
+    with pytest.raises(PublishError, match=r"pytorch_model.bin: a pickle format by its name.*safetensors"):
         publish(folder, "org/m", dry_run=True, out=out)
     assert not out.exists() and list((tmp_path / "out").iterdir()) == []  # no staging folder either
 
@@ -246,7 +246,7 @@ def test_refuses_pickles_and_leaves_nothing(folders, tmp_path):
         ("drop_modeling_file", "modeling_ilm.py is named in an auto_map but missing"),
         ("drop_auto_map", "auto_map lacks AutoModel"),
         ("local_llm", "not a Hub id"),
-        ("pickle_in_subfolder", "pickle files"),
+        ("pickle_in_subfolder", "extra/state.pkl: a pickle format by its name"),
         ("light_flag_on_full_weights", "the weights hold the LLM"),
     ],
 )
@@ -281,12 +281,63 @@ def test_light_folder_with_lora_validates(tiny_components, processor, tmp_path):
     assert "enables LoRA" in (tmp_path / "m" / "README.md").read_text()
 
 
-def test_standalone_check_fails_on_broken_remote_code(published, tmp_path):
+def test_validation_never_runs_remote_code_that_is_not_the_packages_own(published, tmp_path):
     folder = Path(shutil.copytree(published["light"], tmp_path / "m"))
+    planted = tmp_path / "ran"
     code = (folder / "modeling_ilm.py").read_text()
-    (folder / "modeling_ilm.py").write_text("from modeling_ilm import ILMConfig  # needs the package\n" + code)
+    (folder / "modeling_ilm.py").write_text(f"open({str(planted)!r}, 'w').close()\n" + code)
+    (folder / "helpers.py").write_text(f"open({str(planted)!r}, 'w').close()\n")
+    with pytest.raises(PublishError) as failure:
+        validate(folder)
+    assert "modeling_ilm.py is not the ilm package's own modeling_ilm.py" in str(failure.value)
+    assert "helpers.py is not the ilm package's own" in str(failure.value)
+    assert not planted.exists()
+
+
+def test_standalone_check_fails_when_the_folder_does_not_load(published, tmp_path):
+    folder = Path(shutil.copytree(published["light"], tmp_path / "m"))
+    (folder / "tokenizer.json").write_text((folder / "tokenizer.json").read_text()[:-20])  # a truncated tokenizer
     with pytest.raises(PublishError, match="does not load with trust_remote_code"):
         validate(folder)
+
+
+def _pickled(path):
+    torch.save({"w": 1}, path, _use_new_zipfile_serialization=False)
+
+
+def _torch_zip(path):
+    torch.save({"w": torch.zeros(1)}, path)
+
+
+def _object_npy(path):
+    import numpy as np
+
+    np.save(path, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+
+
+@pytest.mark.parametrize(
+    "name, write, reason",
+    [
+        ("state.PKL", lambda p: p.write_bytes(b"x"), "a pickle format by its name"),
+        ("optimizer.Bin", lambda p: p.write_bytes(b"x"), "a pickle format by its name"),
+        ("model.joblib", lambda p: p.write_bytes(b"x"), "a pickle format by its name"),
+        ("weights.dat", _pickled, "a pickle stream"),
+        ("archive.data", _torch_zip, "a zip archive holding a pickle"),
+        ("table.npy", _object_npy, "a NumPy object array"),
+        ("hostname.txt", lambda p: p.symlink_to("/etc/hostname"), "a symbolic link to /etc/hostname"),
+    ],
+)
+def test_unsafe_files_are_found_by_content_and_never_copied(folders, tmp_path, name, write, reason):
+    folder = copy_with_config(folders["light"], tmp_path / "m")
+    write(folder / name)
+    out = tmp_path / "out" / "hub"
+    with pytest.raises(PublishError, match=re.escape(f"{name}: {reason}")):
+        publish(folder, "org/m", dry_run=True, out=out)
+    assert not out.exists()
+    staged = Path(shutil.copytree(folders["light"], tmp_path / "staged"))
+    write(staged / name)
+    with pytest.raises(PublishError, match=re.escape(f"{name}: {reason}")):
+        validate(staged)
 
 
 def test_isolated_process_cannot_import_the_package(tmp_path):

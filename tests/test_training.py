@@ -14,6 +14,7 @@ from training.config import load_config
 from training.data import build_dataset
 from training.finetune import FinetuneConfig, build_trainer, finetune, mixed_examples
 from training.pretrain import Phase1Examples, PretrainConfig, pretrain
+from training.trainer import last_checkpoint
 
 FIXTURE = Path(__file__).parent / "fixtures" / "data" / "generic"
 
@@ -70,6 +71,17 @@ def test_phase1_examples_draw_afresh_in_each_dataloader_worker_and_epoch(data_di
     assert epochs[0] != epochs[1]  # workers are re-made each epoch from the same state: without a reseed, a replay
     again = torch.utils.data.DataLoader(Phase1Examples(data_dir, seed=0), batch_size=None, num_workers=2, generator=torch.Generator().manual_seed(0))
     assert [(int(e["partner_ids"]), int(e["user_ids"])) for e in again] == epochs[0]  # still seeded
+
+
+def test_resume_skips_checkpoints_killed_while_saving(tmp_path, caplog):
+    for step, state in ((2, "{}"), (4, '{"global_step": 4'), (10, None)):  # complete; truncated state; no state yet
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        if state is not None:
+            (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
+    with caplog.at_level("WARNING"):
+        assert last_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
+    assert "checkpoint-10 is incomplete" in caplog.text and "checkpoint-4 is incomplete" in caplog.text
+    assert last_checkpoint(tmp_path / "missing") is None
 
 
 def test_task_mixing_follows_the_weights(data_dir):

@@ -8,6 +8,27 @@ from pathlib import Path
 import yaml
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error (plain YAML
+    keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        keys = [self.construct_object(key, deep=deep) for key, _ in node.value]
+        twice = sorted({str(k) for k in keys if keys.count(k) > 1})
+        if twice:
+            raise ValueError(f"{node.start_mark.name}, line {node.start_mark.line + 1}: keys {twice} are given twice; keep one of each.")
+        return super().construct_mapping(node, deep)
+
+
+def read_config_file(path) -> dict:
+    """A YAML (or JSON) config file as a dict; duplicate keys are an error."""
+    text = Path(path).read_text()
+    values = (json.loads(text) if str(path).endswith(".json") else yaml.load(text, Loader=UniqueKeyLoader)) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: a config is a mapping of field: value, got {type(values).__name__}.")
+    return values
+
+
 def load_config(cls, path=None, overrides=(), section=None):
     """Builds `cls` (a dataclass) from a YAML/JSON file (or a dict of fields) and `key=value` overrides
     (values in YAML syntax).
@@ -18,10 +39,7 @@ def load_config(cls, path=None, overrides=(), section=None):
     if isinstance(path, dict):
         values, path = dict(path), None
     if path is not None:
-        text = Path(path).read_text()
-        values = (json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)) or {}
-        if not isinstance(values, dict):
-            raise ValueError(f"{path}: a config is a mapping of field: value, got {type(values).__name__}.")
+        values = read_config_file(path)
         if section in values:
             values = dict(values[section] or {})
     for override in overrides:
@@ -45,12 +63,17 @@ def load_config(cls, path=None, overrides=(), section=None):
         )
     hints = typing.get_type_hints(cls)
     for key, value in values.items():
-        # YAML 1.1 reads "5e-4" as a string; numbers are what a float field means
-        if isinstance(value, str) and float in typing.get_args(hints[key]) + (hints[key],):
+        types = typing.get_args(hints[key]) + (hints[key],)
+        # YAML 1.1 reads "5e-4" and "1e3" as strings; numbers are what a numeric field means
+        if isinstance(value, str) and (float in types or int in types) and str not in types:
             try:
-                values[key] = float(value)
+                value = values[key] = float(value)
             except ValueError:
                 raise ValueError(f"Config field {key} must be a number, got {value!r}.") from None
+        if int in types and float not in types and isinstance(value, float):
+            if not value.is_integer():
+                raise ValueError(f"Config field {key} must be a whole number, got {value!r}.")
+            values[key] = int(value)
     return cls(**values)
 
 

@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
 from training import assets
+from training.config import read_config_file
 
 logger = logging.getLogger("training.main")
 PRESETS = Path(__file__).parent / "configs"
@@ -27,7 +27,7 @@ def load_preset(preset: str) -> dict:
     path = Path(preset) if preset.endswith((".yaml", ".yml")) else PRESETS / f"{preset}.yaml"
     if not path.exists():
         raise FileNotFoundError(f"No preset {preset!r}: use cpu, gpu, or a YAML file ({sorted(p.stem for p in PRESETS.glob('*.yaml'))}).")
-    return yaml.safe_load(path.read_text())
+    return read_config_file(path)
 
 
 def default_device() -> str:

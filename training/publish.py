@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import zipfile
 from pathlib import Path
 
 from huggingface_hub import HfApi, constants, get_token
@@ -30,8 +31,10 @@ from huggingface_hub.errors import HfHubHTTPError
 
 from model_cards.generate import GENERATED_MARKER, HUB_ID, add_card_arguments, card_arguments, is_hub_id, read_json, write_model_card
 
-# Files that unpickle (and so can run code) when loaded: never published.
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+# Files that unpickle (and so can run code) when loaded: never published. Names are only the first
+# check: `unsafe_reason` reads every file's first bytes too.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
+PACKAGE_CODE = Path(__file__).resolve().parent.parent / "modeling_ilm"  # the remote code a saved folder carries
 LOGIN_HINT = "run `hf auth login` (the `huggingface-cli login` of older huggingface_hub) or set the HF_TOKEN environment variable"
 
 # Prepended to code run by `run_without_package`: the process must see only the folder's own code.
@@ -71,6 +74,42 @@ class PublishError(RuntimeError):
 # --- assembling and validating -----------------------------------------------------------------------
 
 
+def unsafe_reason(path: Path) -> str | None:
+    """Why `path` must not be published (loading it can run code, or it is not the file itself),
+    or None. Judged by content as well as by name: a renamed pickle is still a pickle."""
+    if path.is_symlink():
+        return f"a symbolic link to {os.readlink(path)} (publish real files only)"
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        return "a pickle format by its name"
+    with open(path, "rb") as f:
+        head = f.read(1024)
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:  # the PROTO opcode that starts pickles since protocol 2
+        return "a pickle stream"
+    if head.startswith(b"PK\x03\x04") and zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            if any(name.endswith(".pkl") for name in archive.namelist()):
+                return "a zip archive holding a pickle (torch.save's format)"
+    if head.startswith(b"\x93NUMPY") and b"'|O'" in head:
+        return "a NumPy object array (stored as a pickle)"
+    return None
+
+
+def unsafe_files(folder: Path, recursive=True) -> list[str]:
+    paths = sorted(folder.rglob("*") if recursive else folder.iterdir())
+    return [f"{p.relative_to(folder)}: {reason}" for p in paths if (p.is_symlink() or p.is_file()) and (reason := unsafe_reason(p))]
+
+
+def foreign_code(folder: Path) -> list[str]:
+    """The folder's Python files that are not byte-for-byte the package's own remote code: validation
+    loads the folder with trust_remote_code, and must not run anything else."""
+    return [
+        f"{p.name} is not the ilm package's own {p.name} (re-save the folder with save_pretrained from this version, or publish it yourself)"
+        for p in sorted(folder.glob("*.py"))
+        if not (PACKAGE_CODE / p.name).is_file() or p.read_bytes() != (PACKAGE_CODE / p.name).read_bytes()
+    ]
+
+
+
 def assemble(model_dir, staging, *, repo_id, results=None, training_info=None, **card_kwargs) -> list[str]:
     """Copies the publishable files of `model_dir` into `staging` and writes the card, unless the
     folder has a README.md of its own (one without GENERATED_MARKER: a card made by
@@ -79,11 +118,11 @@ def assemble(model_dir, staging, *, repo_id, results=None, training_info=None, *
     model_dir, staging = Path(model_dir), Path(staging)
     if not (model_dir / "config.json").is_file():
         raise PublishError(f"{model_dir} has no config.json: not a saved ILM folder.")
-    pickles = sorted(p.name for p in model_dir.iterdir() if p.is_file() and p.suffix in PICKLE_SUFFIXES)
-    if pickles:
+    unsafe = unsafe_files(model_dir, recursive=False)
+    if unsafe:
         raise PublishError(
-            f"{model_dir} holds pickle files {pickles}. Only safetensors are published (unpickling runs code "
-            "on the user's machine): save the model with save_pretrained (safetensors by default) and remove them."
+            f"{model_dir} holds files that cannot be published: {unsafe}. Only safetensors are published (unpickling "
+            "runs code on the user's machine): save the model with save_pretrained (safetensors by default) and remove them."
         )
     skipped = []
     for path in sorted(model_dir.iterdir()):
@@ -139,9 +178,10 @@ def validate(folder, source=None) -> None:
     for file in sorted(auto_map_files(auto_map) | auto_map_files(processor_map)):
         if not (folder / file).is_file():
             problems.append(f"{file} is named in an auto_map but missing")
-    pickles = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.suffix in PICKLE_SUFFIXES)
-    if pickles:
-        problems.append(f"pickle files {pickles}: publish safetensors only")
+    unsafe = unsafe_files(folder)
+    if unsafe:
+        problems.append(f"files that cannot be published {unsafe}: publish safetensors only")
+    problems += foreign_code(folder)
     keys = weight_keys(folder)
     stores_llm = config.get("stores_language_model", True)
     if keys is None:

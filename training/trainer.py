@@ -1,14 +1,18 @@
 """What phase 1 and phase 2 share on top of transformers' Trainer."""
 
 import dataclasses
+import json
+import logging
 import os
+import re
 from pathlib import Path
 
 import torch
 from transformers import Trainer, TrainingArguments, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from training.config import save_config
+
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -33,6 +37,15 @@ class TrainerSettings:
     # `training_args: {report_to: tensorboard}`, or top-level / `--set report_to=tensorboard`, which
     # `load_config` files here. They win over what the phase derives from its own fields.
     training_args: dict | None = None
+
+    def __post_init__(self):
+        for name, least in (("batch_size", 1), ("max_steps", 1), ("gradient_accumulation_steps", 1), ("save_steps", 1),
+                            ("logging_steps", 1), ("eval_steps", 0), ("dataloader_num_workers", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"{name} must be a whole number >= {least}, got {value!r}.")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate!r}.")
 
 
 class ComponentLossTrainer(Trainer):
@@ -130,8 +143,21 @@ def training_arguments(config, **overrides) -> TrainingArguments:
 
 
 def last_checkpoint(output_dir):
-    """The checkpoint to resume from after a kill, or None for a fresh run."""
-    return get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+    """The newest complete checkpoint to resume from after a kill, or None for a fresh run.
+
+    Trainer writes `trainer_state.json` after the weights, optimizer and RNG states, so a checkpoint
+    without a readable one was killed while being saved: it is skipped (with a warning) for the one
+    before, which Trainer's rotation keeps until a newer checkpoint is complete."""
+    if not os.path.isdir(output_dir):
+        return None
+    steps = {int(m.group(1)): path for path in Path(output_dir).iterdir() if path.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", path.name))}
+    for step in sorted(steps, reverse=True):
+        try:
+            json.loads((steps[step] / "trainer_state.json").read_text())
+            return str(steps[step])
+        except (OSError, ValueError):
+            logger.warning("%s is incomplete (no readable trainer_state.json: killed while saving?); trying an earlier checkpoint.", steps[step])
+    return None
 
 
 def is_main_process() -> bool:

@@ -26,7 +26,7 @@ from .catalog import build_catalog, save_catalog
 from .phase1 import build_phase1, holdout, top_partners
 from .phase2 import SPLITS as PHASE2_SPLITS
 from .phase2 import Context, build_phase2
-from .sources import load_generic
+from .sources import DataValidationError, load_generic
 from .splits import SPLITS, held_out, leave_one_out, ratings, sequences
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,20 @@ class BuildConfig:
     max_eval_per_task: int | None = None  # None: every held-out user / item
     item_noun: str = "movie"
 
+    def __post_init__(self):  # checked before anything is read or written
+        least = {"seed": 0, "cf_dim": 1, "cf_iterations": 1, "cf_threads": 1, "history_len": 1, "num_candidates": 2, "pair_window": 1,
+                 "partner_min_count": 1, "max_train_per_task": 1, "max_eval_per_task": 1}
+        for name, low in least.items():
+            value = getattr(self, name)
+            if value is None and name.startswith("max_"):
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be a whole number >= {low}, got {value!r}.")
+        if not 0 < self.holdout_frac < 0.5:
+            raise ValueError(f"holdout_frac must be between 0 and 0.5 (held out for validation, and again for test), got {self.holdout_frac!r}.")
+        if not self.cf_reg >= 0 or not self.cf_alpha >= 0:
+            raise ValueError(f"cf_reg and cf_alpha must be >= 0, got {self.cf_reg!r} and {self.cf_alpha!r}.")
+
 
 def load_source(dataset="ml-100k", interactions=None, items=None, users=None, grouplens=None, recbole=None):
     """Pick the source: generic files, a GroupLens folder, or the embedded ml-100k. Returns (Tables, name)."""
@@ -79,16 +93,37 @@ def load_source(dataset="ml-100k", interactions=None, items=None, users=None, gr
     )
 
 
-def _prepare_out(out):
-    """Create out; replace the outputs of an earlier build but never touch anything else."""
-    out = Path(out)
-    if out.exists() and any(out.iterdir()) and not (out / "stats.json").exists():
-        raise FileExistsError(f"{out}: exists, is not empty and holds no earlier build; choose another --out")
+def _prepare_out(final):
+    """The folder this build writes into: `<final>.partial`, empty. `final` itself is checked but not
+    touched, so a build that fails leaves an earlier build there intact."""
+    final = Path(final)
+    if final.exists() and not final.is_dir():
+        raise FileExistsError(f"{final}: exists and is a file, not a folder; choose another --out")
+    if final.is_dir() and any(final.iterdir()) and not (final / "stats.json").exists():
+        raise FileExistsError(f"{final}: exists, is not empty and holds no earlier build; choose another --out")
+    partial = final.with_name(final.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        partial.mkdir(parents=True)
+    except OSError as e:
+        raise OSError(f"{partial}: cannot create the build folder ({e.strerror}); choose another --out") from None
+    return partial
+
+
+def _swap_in(partial, final):
+    """Replaces the outputs of an earlier build in `final` by the finished build in `partial`,
+    stats.json last (a folder without it is never taken for a build); other files in `final` stay."""
+    final.mkdir(parents=True, exist_ok=True)
+    old = final.with_name(final.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    old.mkdir()
+    for name in OUTPUTS[::-1]:  # stats.json first out of the way
+        if (final / name).exists():
+            shutil.move(final / name, old / name)
     for name in OUTPUTS:
-        p = out / name
-        shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+        shutil.move(partial / name, final / name)
+    shutil.rmtree(old)
+    shutil.rmtree(partial)
 
 
 def build_dataset(out, dataset="ml-100k", interactions=None, items=None, users=None, grouplens=None, recbole=None,
@@ -99,7 +134,17 @@ def build_dataset(out, dataset="ml-100k", interactions=None, items=None, users=N
     cfg = BuildConfig(**(asdict(cfg) | overrides))
     start = time.time()
     tables, source = load_source(dataset, interactions, items, users, grouplens, recbole)
-    out = _prepare_out(out)
+    final, out = Path(out), _prepare_out(out)
+    try:
+        stats = _build(out, final, tables, source, cfg, start)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)  # the earlier build in `final` was never touched
+        raise
+    _swap_in(out, final)
+    return stats
+
+
+def _build(out, final, tables, source, cfg, start):
     n_users = "no" if tables.users is None else len(tables.users)
     log.info("source %s: %d interactions, %d items, %s users", source, len(tables.interactions), len(tables.items), n_users)
 
@@ -114,6 +159,11 @@ def build_dataset(out, dataset="ml-100k", interactions=None, items=None, users=N
     )
     train_seqs, train_ratings = sequences(splits["train"]), ratings(splits["train"])
     held = {s: held_out(splits[s]) for s in ("validation", "test")}
+    if not held["test"] or not len(splits["train"]):
+        raise DataValidationError(
+            f"{tables.files.get('interactions', source)}: no user has enough interactions for a train / validation / test split "
+            f"({len(tables.interactions)} interactions of {tables.interactions['user_id'].nunique()} users); each evaluated user needs at least 3"
+        )
 
     # evaluation candidates: negatives never interacted with in any split
     seen = tables.interactions.groupby("user_id", sort=False)["item_id"].agg(set).to_dict()
@@ -182,7 +232,7 @@ def build_dataset(out, dataset="ml-100k", interactions=None, items=None, users=N
 
     trained_items = set(splits["train"]["item_id"])
     stats = {
-        "out": str(out),
+        "out": str(final),
         "source": {"name": source, "files": tables.files},
         "config": asdict(cfg),
         "counts": {

@@ -41,9 +41,11 @@ def load_candidates(path, item_ids=None, user_ids=None):
     (e.g. from catalog.json) are given, every id must be in them.
     """
     try:
-        data = json.loads(Path(path).read_text())
-    except json.JSONDecodeError as e:
-        raise DataValidationError(f"{path}: not valid JSON ({e})") from None
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataValidationError(f"{path}: no such candidates file (built data keeps them in <data>/candidates/<split>.json)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataValidationError(f"{path}: not valid JSON, so not a candidates file ({e})") from None
     if not isinstance(data, dict) or not data:
         raise DataValidationError(f"{path}: expected a non-empty JSON object {{user_id: [true_item, ...]}}")
     known_items = None if item_ids is None else set(item_ids)
@@ -61,4 +63,9 @@ def load_candidates(path, item_ids=None, user_ids=None):
             unknown = [c for c in cands if c not in known_items]
             if unknown:
                 raise DataValidationError(f"{where}: item id(s) {unknown[:5]} not in the catalog")
+    sizes = {len(c) for c in data.values()}
+    if len(sizes) > 1:  # results are reported as "N-candidate": one N for every user
+        usual = max(sizes, key=lambda n: sum(len(c) == n for c in data.values()))
+        odd = [u for u, c in data.items() if len(c) != usual]
+        raise DataValidationError(f"{path}: users {odd[:5]} have {len(data[odd[0]])} candidates, the others {usual}; give every user the same number")
     return data

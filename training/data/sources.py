@@ -72,9 +72,18 @@ def _fail(file, column, problem, df, bad_mask):
     )
 
 
+KNOWN_COLUMNS = {*INTERACTION_COLUMNS, "rating", *ITEM_COLUMNS, "genres", "year", "description", *USER_COLUMNS}
+# chat control tokens (<|im_end|>, <|start_header_id|>, ...): in item text they would end a turn inside a prompt
+CONTROL_TOKEN = re.compile(r"<\|[^|<>]{1,40}\|>")
+
+
 def _require_columns(df, columns, file):
     if len(df) == 0:
         raise DataValidationError(f"{file}: table is empty")
+    for column in df.columns:
+        name = str(column).strip().lower()
+        if name != column and name in KNOWN_COLUMNS:  # "Rating" would otherwise be an unknown text column
+            raise DataValidationError(f"{file}: column {column!r} looks like {name!r}; column names are lower case: rename it")
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise DataValidationError(f"{file}: missing column(s) {missing}; found {list(df.columns)}")
@@ -190,12 +199,17 @@ def prepare_tables(inter, items, users=None, files=None):
             if col != "user_id":
                 users[col] = _attribute(users[col])
 
-    # placeholders inside real text would shift the item/user id lists of phase-2 examples
-    for df, f in ((items, ft), (users, fu)):
+    # placeholders inside real text would shift the item/user id lists of phase-2 examples, and
+    # control tokens would be read as the chat's structure
+    def reserved(value):
+        texts = value if isinstance(value, list) else [value]
+        return any(isinstance(t, str) and (ITEM_PLACEHOLDER in t or USER_PLACEHOLDER in t or CONTROL_TOKEN.search(t)) for t in texts)
+
+    for df, f in ((items, ft), (users, fu), (inter[[c for c in ("user_id", "item_id") if c in inter]], fi)):
         for col in [] if df is None else df.columns:
-            s = df[col].map(lambda v: isinstance(v, str) and (ITEM_PLACEHOLDER in v or USER_PLACEHOLDER in v))
+            s = df[col].map(reserved)
             if s.any():
-                _fail(f, col, f"contains the reserved strings {ITEM_PLACEHOLDER!r}/{USER_PLACEHOLDER!r}", df, s)
+                _fail(f, col, f"contains the reserved strings {ITEM_PLACEHOLDER!r}/{USER_PLACEHOLDER!r} or a chat control token like '<|im_end|>'", df, s)
 
     # --- interactions
     _require_columns(inter, INTERACTION_COLUMNS, fi)
@@ -203,9 +217,13 @@ def prepare_tables(inter, items, users=None, files=None):
     out = pd.DataFrame({"user_id": _ids(inter["user_id"]), "item_id": _ids(inter["item_id"])})
     has_ratings = "rating" in inter.columns
     out["rating"] = _numeric(inter, "rating", fi) if has_ratings else 1.0  # no ratings: implicit feedback
+    if has_ratings and (out["rating"] < 0).any():
+        _fail(fi, "rating", "has negative values (ALS weighs each interaction by 1 + alpha x rating): shift ratings to >= 0", inter, out["rating"] < 0)
     ts = _numeric(inter, "timestamp", fi, integral=True)
     if ts.isna().any():
         _fail(fi, "timestamp", "has missing values", inter, ts.isna())
+    if (ts.abs() >= 2.0**62).any():  # beyond int64 they would wrap around and reorder events
+        _fail(fi, "timestamp", "has values too large for 64-bit integers (use seconds or milliseconds since 1970)", inter, ts.abs() >= 2.0**62)
     out["timestamp"] = ts.astype("int64")
 
     keep = pd.Series(True, index=out.index)

@@ -15,6 +15,13 @@ from .protocol import load_protocol
 from .report import merge_results, to_markdown, write_report
 
 
+def positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive number")
+    return value
+
+
 def comma_list(known):
     def parse(text):
         names = [n.strip() for n in text.split(",") if n.strip()]
@@ -32,7 +39,7 @@ def parse_args(argv=None):
     p.add_argument("--data", help="built data folder (python -m training.data build)")
     p.add_argument("--split", default="test", choices=["validation", "test"])
     p.add_argument("--candidates", help="candidates file {user: [true item, others...]} (default: <data>/candidates/<split>.json)")
-    p.add_argument("--users", type=int, help="evaluate the first N users (natural sort order) of the candidates file")
+    p.add_argument("--users", type=positive_int, help="evaluate the first N users (natural sort order) of the candidates file")
     p.add_argument("--seed", type=int, default=0, help="candidate display order and bootstrap")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CIs (0: none)")
     p.add_argument("--history-len", type=int, default=10)
@@ -42,8 +49,8 @@ def parse_args(argv=None):
     p.add_argument("--sections", type=comma_list(SECTIONS), default=list(SECTIONS), help=f"comma list of {','.join(SECTIONS)}")
     p.add_argument("--full-catalog", action="store_true", help="also rank every catalog item by likelihood (slow on CPU)")
     p.add_argument("--alignment-rows", type=int, default=200, help="rows per alignment task and split (0: all)")
-    p.add_argument("--batch-size", type=int, default=16, help="prompts per generation batch")
-    p.add_argument("--max-new-tokens", type=int, default=24)
+    p.add_argument("--batch-size", type=positive_int, default=16, help="prompts per generation batch")
+    p.add_argument("--max-new-tokens", type=positive_int, default=24)
     p.add_argument("--score", default="sum", choices=["sum", "mean"], help="answer log-likelihood: total or per token")
     p.add_argument("--llm", default="default", help="frozen LLM of the text baseline without --model (default: the embedded one)")
     p.add_argument("--sentence-model", help="encoder for semantic consistency (default: the MiniLM asset)")

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from datasets import load_from_disk
 
-from training.data import load_candidates
+from training.data import DataValidationError, load_candidates
 
 HISTORY_SPLITS = {"validation": ("train",), "test": ("train", "validation")}
 
@@ -96,8 +96,11 @@ class Protocol:
 
 
 def load_protocol(data_dir, split="test", candidates_file=None, users=None, seed=0, history_len=10) -> Protocol:
+    if users is not None and (isinstance(users, bool) or not isinstance(users, int) or users < 1):
+        raise ValueError(f"users={users!r}: give a number of users >= 1, or None for every user.")
     data_dir = Path(data_dir)
     catalog = load_catalog(data_dir)
+    own_file = candidates_file is None or Path(candidates_file).resolve() == (data_dir / "candidates" / f"{split}.json").resolve()
     candidates_file = str(candidates_file or data_dir / "candidates" / f"{split}.json")
     rows = load_candidates(
         candidates_file,
@@ -106,6 +109,16 @@ def load_protocol(data_dir, split="test", candidates_file=None, users=None, seed
     )
     chosen = select_users(rows, users)
     histories = user_histories(data_dir, split)
+    built = data_dir / "candidates" / f"{split}.json"
+    if not own_file and built.exists():  # the histories end where the split's held-out item starts: the targets must be those
+        held_out = {u: c[0] for u, c in json.loads(built.read_text()).items()}
+        wrong = [u for u in rows if u in held_out and rows[u][0] != held_out[u]]
+        if wrong:
+            raise DataValidationError(
+                f"{candidates_file}: the true item (first candidate) of users {wrong[:5]} is not their held-out {split} item "
+                f"(e.g. user {wrong[0]}: {rows[wrong[0]][0]!r}, held out: {held_out[wrong[0]]!r}): this file does not match "
+                f"the {split} split of {data_dir}."
+            )
     stats = data_dir / "stats.json"
     built = json.loads(stats.read_text()).get("config", {}) if stats.exists() else {}
     return Protocol(
