@@ -3,14 +3,18 @@ configs, task mixing, resume after a kill, and checkpoints that load into the ne
 
 import dataclasses
 import json
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 from datasets import load_from_disk
+from safetensors.torch import load_file
 from transformers import AutoModel
 
-from training.config import load_config
+from training.config import load_config, save_config
 from training.data import build_dataset
 from training.finetune import FinetuneConfig, build_trainer, finetune, mixed_examples
 from training.pretrain import Phase1Examples, PretrainConfig, pretrain
@@ -131,6 +135,42 @@ def test_phase2_from_phase1_trains_saves_and_loads_with_automodel(tiny_component
     assert not torch.equal(model.item_encoder.query_tokens, phase1.item_encoder.query_tokens)  # trained on
     base = model.language_model.state_dict()
     assert all(torch.equal(v, phase1.language_model.state_dict()[k]) for k, v in base.items())  # LLM untouched
+
+
+def phase2_command(tiny_components, data_dir, phase1_dir, output_dir, tmp_path):
+    """`python -m training.finetune` arguments for a tiny run shaped like the CPU preset (ranking
+    head with history labels, shuffled length-grouped batches), 6 steps (1.5 epochs), a checkpoint every 2."""
+    config = FinetuneConfig(
+        data_dir=str(data_dir), output_dir=str(output_dir), init=str(phase1_dir / "final"), llm=tiny_components["llm"], qformer=tiny_components["bert"],
+        num_query_tokens=2, num_cf_tokens=2, num_train_examples=16, batch_size=4, max_steps=6, logging_steps=1, save_steps=2, learning_rate=1e-3,
+        ranking_head=True, ranking_tasks=["next_item_title"], ranking_history=True, ranking_negatives=8, shuffle_batches=True,
+    )
+    path = tmp_path / f"{Path(output_dir).name}.yaml"
+    save_config(config, path)
+    return ["--config", str(path)]
+
+
+@pytest.fixture(scope="module")
+def phase2_straight(tiny_components, data_dir, phase1_dir, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("straight")
+    subprocess.run([sys.executable, "-m", "training.finetune", *phase2_command(tiny_components, data_dir, phase1_dir, tmp / "run", tmp)], check=True, capture_output=True)
+    return load_file(str(tmp / "run" / "model" / "model.safetensors"))
+
+
+@pytest.mark.parametrize("where, step", [("after-step", 3), ("mid-save", 4)])
+def test_phase2_killed_then_resumed_ends_bit_identical(tiny_components, data_dir, phase1_dir, phase2_straight, tmp_path, where, step):
+    args = phase2_command(tiny_components, data_dir, phase1_dir, tmp_path / "run", tmp_path)
+    killed = subprocess.run([sys.executable, str(Path(__file__).parent / "faults" / "kill_phase2.py"), where, str(step), *args], capture_output=True)
+    assert killed.returncode == -signal.SIGKILL and not (tmp_path / "run" / "model").exists()
+    if where == "mid-save":  # the half-written checkpoint is there, and the resume must pass over it
+        assert (tmp_path / "run" / f"checkpoint-{step}" / "model.safetensors").exists()
+        assert not (tmp_path / "run" / f"checkpoint-{step}" / "trainer_state.json").exists()
+    resumed = subprocess.run([sys.executable, "-m", "training.finetune", *args], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"Resuming phase 2 from {tmp_path / 'run' / 'checkpoint-2'}" in resumed.stderr
+    weights = load_file(str(tmp_path / "run" / "model" / "model.safetensors"))
+    assert weights.keys() == phase2_straight.keys()
+    assert max(float((weights[k].float() - phase2_straight[k].float()).abs().max()) for k in weights) == 0.0
 
 
 def test_phase2_batches_group_examples_of_similar_length(tiny_components, data_dir, phase1_dir, tmp_path):
