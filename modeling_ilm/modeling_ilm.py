@@ -711,7 +711,8 @@ class ILMForConditionalGeneration(ILMPreTrainedModel, GenerationMixin):
             raise ValueError(f"{path} holds no LLM weights and its config names no `text_model_name_or_path`.")
         # where to find the LLM (revision/subfolder address the ILM repository, not the LLM's)
         llm_hub = {k: hub[k] for k in ("cache_dir", "force_download", "local_files_only", "token") if k in hub}
-        llm = AutoModelForCausalLM.from_pretrained(llm_name, dtype=torch.float32, **llm_hub)
+        attention = {"attn_implementation": kwargs["attn_implementation"]} if kwargs.get("attn_implementation") else {}
+        llm = AutoModelForCausalLM.from_pretrained(llm_name, dtype=torch.float32, **attention, **llm_hub)
         config.text_model_name_or_path = str(llm_name)
         config.stores_language_model = True
         model = cls(config, language_model=llm)

@@ -188,10 +188,10 @@ class ILMProcessor(ProcessorMixin):
                         f"Example {i} has {found} {token} placeholders but {len(entity_ids[kind][i])} {kind}_ids."
                     )
 
-        self.tokenizer.padding_side = padding_side
         encoding = self.tokenizer(
             prompts,
             padding=True,
+            padding_side=padding_side,  # for this call only: the tokenizer keeps its own setting
             add_special_tokens=False,
             return_offsets_mapping=return_labels,
             return_tensors=return_tensors,

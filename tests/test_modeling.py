@@ -184,6 +184,24 @@ def test_save_load_round_trip_is_bit_identical(model, processor, tmp_path, light
     assert torch.equal(model.generate(**batch, max_new_tokens=4, do_sample=False), loaded.generate(**batch, max_new_tokens=4, do_sample=False))
 
 
+@pytest.mark.parametrize("light", [False, True])
+def test_loading_honours_attn_implementation(model, tmp_path, light):
+    model.save_pretrained(tmp_path, include_language_model=not light)
+    for attention in ("eager", "sdpa"):
+        loaded = ILMForConditionalGeneration.from_pretrained(tmp_path, attn_implementation=attention)
+        assert loaded.language_model.config._attn_implementation == attention
+
+
+def test_processor_calls_leave_the_tokenizer_as_it_was(processor):
+    side = processor.tokenizer.padding_side
+    for padding_side in ("left", "right"):
+        processor(messages=CHATS, item_ids=ITEMS, user_ids=USERS, padding_side=padding_side)
+        assert processor.tokenizer.padding_side == side
+    left = processor(messages=CHATS, item_ids=ITEMS, user_ids=USERS, padding_side="left")["attention_mask"]
+    right = processor(messages=CHATS, item_ids=ITEMS, user_ids=USERS, padding_side="right")["attention_mask"]
+    assert (left[:, -1] == 1).all() and (right[:, 0] == 1).all() and not torch.equal(left, right)
+
+
 def test_auto_classes(model, tmp_path):
     model.save_pretrained(tmp_path)
     assert type(AutoModel.from_pretrained(tmp_path)) is ILMForConditionalGeneration
