@@ -8,6 +8,18 @@ from pathlib import Path
 import yaml
 
 
+def check_whole_numbers(config, least: dict):
+    """Raises naming the first field of `config` that is not a whole number >= its bound in `least`
+    (None passes where the field's type allows it: "no cap")."""
+    hints = typing.get_type_hints(type(config))
+    for name, low in least.items():
+        value = getattr(config, name)
+        if value is None and type(None) in typing.get_args(hints[name]):
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be a whole number >= {low}, got {value!r}.")
+
+
 class UniqueKeyLoader(yaml.SafeLoader):
     """YAML's safe loader, except that a key given twice in one mapping is an error (plain YAML
     keeps the last one silently)."""

@@ -109,7 +109,6 @@ def foreign_code(folder: Path) -> list[str]:
     ]
 
 
-
 def assemble(model_dir, staging, *, repo_id, results=None, training_info=None, **card_kwargs) -> list[str]:
     """Copies the publishable files of `model_dir` into `staging` and writes the card, unless the
     folder has a README.md of its own (one without GENERATED_MARKER: a card made by

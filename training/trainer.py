@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainingArguments, set_seed
 
-from training.config import save_config
+from training.config import check_whole_numbers, save_config
 
 logger = logging.getLogger(__name__)
 
@@ -39,11 +39,8 @@ class TrainerSettings:
     training_args: dict | None = None
 
     def __post_init__(self):
-        for name, least in (("batch_size", 1), ("max_steps", 1), ("gradient_accumulation_steps", 1), ("save_steps", 1),
-                            ("logging_steps", 1), ("eval_steps", 0), ("dataloader_num_workers", 0)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
-                raise ValueError(f"{name} must be a whole number >= {least}, got {value!r}.")
+        check_whole_numbers(self, {"batch_size": 1, "max_steps": 1, "gradient_accumulation_steps": 1, "save_steps": 1,
+                                   "logging_steps": 1, "eval_steps": 0, "dataloader_num_workers": 0})
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate!r}.")
 

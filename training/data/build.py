@@ -20,6 +20,8 @@ import numpy as np
 from datasets import Dataset, DatasetDict, Features, Value
 from datasets import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
+from training.config import check_whole_numbers
+
 from . import cf, movielens
 from .candidates import NegativeSampler, sample_candidates, save_candidates
 from .catalog import build_catalog, save_catalog
@@ -59,14 +61,8 @@ class BuildConfig:
     item_noun: str = "movie"
 
     def __post_init__(self):  # checked before anything is read or written
-        least = {"seed": 0, "cf_dim": 1, "cf_iterations": 1, "cf_threads": 1, "history_len": 1, "num_candidates": 2, "pair_window": 1,
-                 "partner_min_count": 1, "max_train_per_task": 1, "max_eval_per_task": 1}
-        for name, low in least.items():
-            value = getattr(self, name)
-            if value is None and name.startswith("max_"):
-                continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be a whole number >= {low}, got {value!r}.")
+        check_whole_numbers(self, {"seed": 0, "cf_dim": 1, "cf_iterations": 1, "cf_threads": 1, "history_len": 1, "num_candidates": 2,
+                                   "pair_window": 1, "partner_min_count": 1, "max_train_per_task": 1, "max_eval_per_task": 1})
         if not 0 < self.holdout_frac < 0.5:
             raise ValueError(f"holdout_frac must be between 0 and 0.5 (held out for validation, and again for test), got {self.holdout_frac!r}.")
         if not self.cf_reg >= 0 or not self.cf_alpha >= 0:

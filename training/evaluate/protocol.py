@@ -100,8 +100,9 @@ def load_protocol(data_dir, split="test", candidates_file=None, users=None, seed
         raise ValueError(f"users={users!r}: give a number of users >= 1, or None for every user.")
     data_dir = Path(data_dir)
     catalog = load_catalog(data_dir)
-    own_file = candidates_file is None or Path(candidates_file).resolve() == (data_dir / "candidates" / f"{split}.json").resolve()
-    candidates_file = str(candidates_file or data_dir / "candidates" / f"{split}.json")
+    own = data_dir / "candidates" / f"{split}.json"  # the build's: each user's held-out item first
+    external = candidates_file is not None and Path(candidates_file).resolve() != own.resolve()
+    candidates_file = str(candidates_file or own)
     rows = load_candidates(
         candidates_file,
         item_ids=[item["item_id"] for item in catalog["items"]],
@@ -109,9 +110,8 @@ def load_protocol(data_dir, split="test", candidates_file=None, users=None, seed
     )
     chosen = select_users(rows, users)
     histories = user_histories(data_dir, split)
-    built = data_dir / "candidates" / f"{split}.json"
-    if not own_file and built.exists():  # the histories end where the split's held-out item starts: the targets must be those
-        held_out = {u: c[0] for u, c in json.loads(built.read_text()).items()}
+    if external and own.exists():  # the histories end where the split's held-out item starts: the targets must be those
+        held_out = {u: c[0] for u, c in json.loads(own.read_text()).items()}
         wrong = [u for u in rows if u in held_out and rows[u][0] != held_out[u]]
         if wrong:
             raise DataValidationError(

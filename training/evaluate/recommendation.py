@@ -104,7 +104,6 @@ def ranked_prompts(chat_model, protocol, template_id=NEXT_ITEM_TEMPLATE) -> dict
 def head_scorer(chat_model, protocol, template_id=NEXT_ITEM_TEMPLATE):
     """score_fn for ranking_section: the ranking head's score of each candidate, read from the
     next-item prompt (user and history, no candidates), so one forward ranks any number of items."""
-
     prompts = ranked_prompts(chat_model, protocol, template_id)
 
     def score(user_id, candidates):
