@@ -15,6 +15,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from modeling_ilm import ILMForConditionalGeneration, ILMProcessor
+from modeling_ilm.configuration_ilm import ITEM_TOKEN
 from training import assets
 
 
@@ -39,7 +40,7 @@ def generation_times(items=10, new_tokens=32, queries=4, repeats=3, device="cpu"
     ).eval().to(device)
     base = AutoModelForCausalLM.from_pretrained(llm_path, dtype=torch.float32).eval().to(device)
 
-    prompt = [{"role": "user", "content": "I watched " + ", ".join(["<item>"] * items) + ". What next?"}]
+    prompt = [{"role": "user", "content": "I watched " + ", ".join([ITEM_TOKEN] * items) + ". What next?"}]
     ilm_inputs = processor(messages=prompt, item_ids=[str(i) for i in range(items)]).to(device)
     # the bare LLM gets a text prompt of exactly the same length
     text_inputs = {"input_ids": ilm_inputs["input_ids"].masked_fill(ilm_inputs["input_ids"] >= base.config.vocab_size, 1000), "attention_mask": ilm_inputs["attention_mask"]}

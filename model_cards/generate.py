@@ -16,6 +16,8 @@ from pathlib import Path
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from modeling_ilm.configuration_ilm import ITEM_TOKEN, USER_TOKEN
+
 TEMPLATE = Path(__file__).with_name("ilm_card_template.md")
 
 DEFAULT_LLM_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -286,8 +288,8 @@ def build_model_card(
         "num_query_tokens": config.get("num_query_tokens"),
         "adapter_type": config.get("adapter_type", "qformer"),
         "cf_dim": config.get("cf_dim"),
-        "item_token": processor_config.get("item_token", config.get("item_token", "<item>")),
-        "user_token": processor_config.get("user_token", config.get("user_token", "<user>")),
+        "item_token": processor_config.get("item_token", config.get("item_token", ITEM_TOKEN)),
+        "user_token": processor_config.get("user_token", config.get("user_token", USER_TOKEN)),
         "item_noun": item_noun,
         "example_item_id": items[0]["item_id"] if items else "1",
         "license": license,

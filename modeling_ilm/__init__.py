@@ -9,6 +9,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelF
 from .configuration_ilm import ILMConfig
 from .constrained_decoding import TitleConstrainedLogitsProcessor, TitleTrie, title_constraint
 from .modeling_ilm import ILMForConditionalGeneration, ILMForItemTextPretraining, ILMPreTrainedModel
+from .pipeline_ilm import ILMPipeline
 from .processing_ilm import ILMProcessor
 
 AutoConfig.register("ilm", ILMConfig, exist_ok=True)
@@ -25,6 +26,7 @@ __all__ = [
     "ILMConfig",
     "ILMForConditionalGeneration",
     "ILMForItemTextPretraining",
+    "ILMPipeline",
     "ILMPreTrainedModel",
     "ILMProcessor",
     "TitleConstrainedLogitsProcessor",

@@ -8,7 +8,19 @@ from transformers import AutoConfig, Blip2QFormerConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
 ADAPTER_TYPES = ("qformer", "mlp")
+# The default placeholders a prompt holds for an item / a user (one per entity, before expansion)
+ITEM_TOKEN, USER_TOKEN = "<item>", "<user>"
 PHASE1_LOSSES = ("itc", "itm", "itg", "item_item", "user_item")
+# What a saved folder answers to with trust_remote_code=True where this package is not installed:
+# every Auto class of the model, and `pipeline("text-generation", ...)` as the ILM chat pipeline
+# (modeling_ilm imports pipeline_ilm, so the file travels with the modeling code).
+REMOTE_AUTO_MAP = {
+    "AutoConfig": "configuration_ilm.ILMConfig",
+    "AutoModel": "modeling_ilm.ILMForConditionalGeneration",
+    "AutoModelForCausalLM": "modeling_ilm.ILMForConditionalGeneration",
+    "AutoModelForPreTraining": "modeling_ilm.ILMForItemTextPretraining",
+}
+REMOTE_PIPELINES = {"text-generation": {"impl": "pipeline_ilm.ILMPipeline", "pt": ["AutoModelForCausalLM"], "type": "text"}}
 
 
 class ILMConfig(PreTrainedConfig):
@@ -27,6 +39,10 @@ class ILMConfig(PreTrainedConfig):
             The CF vector is projected into this many key/value tokens for the cross-attention,
             so the queries can attend to different parts of it (one token would make every
             query receive the same cross-attention output).
+        cf_residual (`bool`):
+            Adds each CF token to the output of the query at its position (needs `num_cf_tokens ==
+            num_query_tokens`): a residual path around the Q-Former, so the item tokens keep the CF
+            vectors' geometry, which a few cross-attention layers otherwise blur (benchmarks/quality.md).
         num_items / num_users (`int`):
             Rows of the frozen CF tables stored in the model. 0 means callers pass raw CF vectors.
         adapter_type (`str`):
@@ -87,12 +103,13 @@ class ILMConfig(PreTrainedConfig):
     num_query_tokens: int = 8
     cf_dim: int = 64
     num_cf_tokens: int = 4
+    cf_residual: bool = False
     num_items: int = 0
     num_users: int = 0
     adapter_type: str = "qformer"
     mlp_hidden_size: int = 1024
-    item_token: str = "<item>"
-    user_token: str = "<user>"
+    item_token: str = ITEM_TOKEN
+    user_token: str = USER_TOKEN
     item_token_id: int | None = None
     user_token_id: int | None = None
     text_model_name_or_path: str | None = None
@@ -116,12 +133,19 @@ class ILMConfig(PreTrainedConfig):
             raise ValueError(f"text_pooling={self.text_pooling!r}; use 'mean' or 'cls'.")
         if self.num_query_tokens < 1 or self.num_cf_tokens < 1:
             raise ValueError("num_query_tokens and num_cf_tokens must be >= 1.")
+        if self.cf_residual and self.num_cf_tokens != self.num_query_tokens:
+            raise ValueError(
+                f"cf_residual adds CF token i to query output i: set num_cf_tokens={self.num_cf_tokens} equal to "
+                f"num_query_tokens={self.num_query_tokens}, or cf_residual=False."
+            )
         weights = {"itc": 1.0, "itm": 1.0, "itg": 1.0, "item_item": 0.0, "user_item": 0.0}
         unknown = set(self.phase1_loss_weights or {}) - set(PHASE1_LOSSES)
         if unknown:
             raise ValueError(f"Unknown phase-1 losses {sorted(unknown)}; known: {PHASE1_LOSSES}.")
         weights.update(self.phase1_loss_weights or {})
         self.phase1_loss_weights = weights
+        self.auto_map = {**REMOTE_AUTO_MAP, **(getattr(self, "auto_map", None) or {})}
+        self.custom_pipelines = {**REMOTE_PIPELINES, **(getattr(self, "custom_pipelines", None) or {})}
         # The CF tokens are what the queries cross-attend to.
         self.qformer_config.encoder_hidden_size = self.qformer_config.hidden_size
         self.qformer_config.use_qformer_text_input = True

@@ -9,6 +9,7 @@ The layout follows transformers' BLIP-2 and LLaVA: the Q-Former layers are trans
 import copy
 import itertools
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +21,7 @@ from transformers.models.blip_2.modeling_blip_2 import Blip2QFormerModel, Blip2T
 from transformers.utils import ModelOutput, cached_file, logging
 
 from .configuration_ilm import ILMConfig
+from .pipeline_ilm import ILMPipeline  # noqa: F401  (named by config.custom_pipelines: saved folders carry it)
 
 logger = logging.get_logger(__name__)
 
@@ -134,6 +136,7 @@ class ILMQFormerEncoder(nn.Module):
         qformer_config = config.qformer_config
         hidden = qformer_config.hidden_size
         self.num_cf_tokens = config.num_cf_tokens
+        self.cf_residual = config.cf_residual
         # CF factors come at any scale (ALS: ~0.03): standardise them before they meet learned weights
         self.cf_input_norm = nn.LayerNorm(config.cf_dim)
         self.cf_projection = nn.Linear(config.cf_dim, config.num_cf_tokens * hidden)
@@ -166,7 +169,8 @@ class ILMQFormerEncoder(nn.Module):
         - `multimodal`: queries and text attend to each other (ITM).
         - `causal`: text decoded after the queries; queries never see text, text sees all
           queries and earlier text (ITG).
-        Returns the hidden states of `[queries; text]` (queries first, absent in `text` mode).
+        Returns the hidden states of `[queries; text]` (queries first, absent in `text` mode); with
+        `config.cf_residual`, query i's output plus CF token i.
         """
         if mode not in ENCODER_MODES:
             raise ValueError(f"mode={mode!r}; use one of {ENCODER_MODES}.")
@@ -181,13 +185,12 @@ class ILMQFormerEncoder(nn.Module):
         hidden = self.embeddings(input_ids=input_ids if use_text else None, query_embeds=query_embeds)
         num_queries = query_embeds.shape[1] if use_queries else 0
         mask = self.attention_mask(hidden, num_queries, attention_mask if use_text else None, causal=mode == "causal")
-        outputs = self.qformer(
-            query_embeds=hidden,
-            query_length=num_queries,
-            attention_mask=mask,
-            encoder_hidden_states=self.cf_tokens(cf_embeds, is_user) if use_queries else None,
-        )
-        return BaseModelOutput(last_hidden_state=outputs.last_hidden_state)
+        cf_tokens = self.cf_tokens(cf_embeds, is_user) if use_queries else None
+        outputs = self.qformer(query_embeds=hidden, query_length=num_queries, attention_mask=mask, encoder_hidden_states=cf_tokens)
+        states = outputs.last_hidden_state
+        if self.cf_residual and use_queries:
+            states = torch.cat([states[:, :num_queries] + cf_tokens, states[:, num_queries:]], 1)
+        return BaseModelOutput(last_hidden_state=states)
 
     @staticmethod
     def attention_mask(hidden, num_queries, text_mask, causal):
@@ -642,9 +645,7 @@ class ILMForConditionalGeneration(ILMPreTrainedModel, GenerationMixin):
         bert = None
         if qformer_name_or_path is not None:
             bert_config = AutoConfig.from_pretrained(qformer_name_or_path)
-            qformer_config = Blip2QFormerConfig(
-                **{key: getattr(bert_config, key) for key in QFORMER_FROM_BERT}, **(qformer_config or {})
-            )
+            qformer_config = Blip2QFormerConfig(**{**{key: getattr(bert_config, key) for key in QFORMER_FROM_BERT}, **(qformer_config or {})})
             bert = AutoModel.from_pretrained(qformer_name_or_path, dtype=torch.float32)
         if item_embeddings is not None:
             config_kwargs.setdefault("cf_dim", item_embeddings.shape[1])
@@ -663,9 +664,38 @@ class ILMForConditionalGeneration(ILMPreTrainedModel, GenerationMixin):
         model.generation_config = llm.generation_config
         return model
 
+    def load_adapter(self, adapter_path: str, adapter_name: str = "default", **kwargs):
+        """Loads a PEFT (LoRA) adapter of the frozen LLM, e.g. the `llm_adapter/` folder that a LoRA
+        model's `save_pretrained` writes, or one trained on the base LLM alone (`PeftModel`
+        conventions: adapter_config.json + adapter_model.safetensors, path or Hub id). An adapter
+        that does not fit this LLM raises, naming the adapter."""
+        from peft import PeftConfig, PeftModel
+
+        adapter_config = PeftConfig.from_pretrained(adapter_path, **kwargs)
+        try:
+            if isinstance(self.language_model, PeftModel):
+                self.language_model.load_adapter(adapter_path, adapter_name=adapter_name, **kwargs)
+                self.language_model.set_adapter(adapter_name)
+            else:
+                self.language_model = PeftModel.from_pretrained(self.language_model, adapter_path, adapter_name=adapter_name, **kwargs)
+        except (RuntimeError, ValueError, KeyError) as err:
+            raise ValueError(
+                f"The adapter at {adapter_path} (for {adapter_config.base_model_name_or_path}) does not fit this model's LLM "
+                f"({self.config.text_model_name_or_path}): {err}"
+            ) from err
+        if not self.config.lora_config:  # saved and reloaded with the model from now on
+            fields = adapter_config.to_dict()
+            self.config.lora_config = {k: sorted(v) if isinstance(v, (set, list)) else v for k, v in fields.items() if k in LORA_CONFIG_KEYS}
+        self.freeze_language_model()
+
     def save_pretrained(self, save_directory, *args, include_language_model: bool = True, **kwargs):
         """`include_language_model=False` writes a light folder: trained weights only, and the
-        frozen LLM's Hub id or path (`config.text_model_name_or_path`) to reload it from."""
+        frozen LLM's Hub id or path (`config.text_model_name_or_path`) to reload it from.
+
+        With LoRA on the LLM, `llm_adapter/` also holds it as a standard PEFT adapter of the base LLM
+        (`PeftModel.from_pretrained(llm, dir + "/llm_adapter")`, or `load_adapter` of another ILM)."""
+        if self.config.lora_config and kwargs.get("is_main_process", True):
+            self.language_model.save_pretrained(os.path.join(save_directory, LLM_ADAPTER_FOLDER))
         if include_language_model:
             return super().save_pretrained(save_directory, *args, **kwargs)
         if not self.config.text_model_name_or_path:
@@ -795,6 +825,11 @@ def gather_rows(*local: torch.Tensor) -> tuple[list[torch.Tensor], int, float]:
     return gathered, sum(sizes[: dist.get_rank()]), sum(sizes) / len(sizes)
 
 
+def pool_queries(query_feats: torch.Tensor) -> torch.Tensor:
+    """`(N, num_query_tokens, dim)` normalised per-query features -> one normalised vector per row."""
+    return nn.functional.normalize(query_feats.mean(1), dim=-1)
+
+
 def info_nce(logits: torch.Tensor, key_ids: torch.Tensor, offset: int = 0, share: float | None = None) -> torch.Tensor:
     """In-batch InfoNCE: row i's positive is key `offset + i`. Other keys with the positive's id
     are duplicates of it, not negatives, and are masked out. The mean over rows, or their sum
@@ -887,7 +922,7 @@ class ILMForItemTextPretraining(ILMPreTrainedModel):
 
     def pooled_features(self, cf_embeds, is_user=False):
         """One normalised vector per item/user (mean over queries): for item-item and user-item."""
-        return nn.functional.normalize(self.query_features(cf_embeds, is_user).mean(1), dim=-1)
+        return pool_queries(self.query_features(cf_embeds, is_user))
 
     def text_features(self, input_ids, attention_mask):
         """Normalised text feature: the [CLS] state (BLIP-2) or the mean over tokens, the pooling
@@ -932,27 +967,36 @@ class ILMForItemTextPretraining(ILMPreTrainedModel):
         if weights["itc"] or weights["itm"]:
             text_feats = self.text_features(input_ids, attention_mask)
             (all_text, all_ids, all_items), offset, share = gather_rows(text_feats, anchor_ids, item_feats)
-            sim_i2t = self.item_text_similarity(item_feats, all_text)
-            sim_t2i = self.item_text_similarity(all_items, text_feats).t()
+            sim_i2t = self.item_text_similarity(item_feats, all_text) / temperature
+            sim_t2i = self.item_text_similarity(all_items, text_feats).t() / temperature
             if weights["itc"]:
-                losses["itc"] = (info_nce(sim_i2t / temperature, all_ids, offset, share) + info_nce(sim_t2i / temperature, all_ids, offset, share)) / 2
+                losses["itc"] = self.itc_loss(sim_i2t, sim_t2i, all_ids, offset, share)
             if weights["itm"]:
-                losses["itm"] = self.itm_loss(cf, input_ids, attention_mask, all_ids, offset, sim_i2t.detach() / temperature, sim_t2i.detach() / temperature)
-
+                losses["itm"] = self.itm_loss(cf, input_ids, attention_mask, all_ids, offset, sim_i2t.detach(), sim_t2i.detach())
         if weights["itg"]:
             losses["itg"] = self.itg_loss(cf, input_ids, attention_mask)
-
         if weights["item_item"] and partner_ids is not None:
-            losses["item_item"] = self.interaction_loss(item_feats, anchor_ids, partner_ids.to(self.device), "item", temperature)
+            losses["item_item"] = self.item_item_loss(item_feats, anchor_ids, partner_ids.to(self.device), temperature)
         if weights["user_item"] and user_ids is not None:
-            losses["user_item"] = self.interaction_loss(item_feats, anchor_ids, user_ids.to(self.device), "user", temperature)
+            losses["user_item"] = self.user_item_loss(item_feats, anchor_ids, user_ids.to(self.device), temperature)
         losses = {name: value for name, value in losses.items() if value is not None}
 
         total = sum(weights[name] * value for name, value in losses.items())
         return ILMPretrainingOutput(loss=total if losses else None, **{f"loss_{name}": value for name, value in losses.items()})
 
+    def itc_loss(self, sim_i2t, sim_t2i, all_ids, offset, share):
+        """BLIP-2's item-text contrastive loss (ITC; the paper's "image" is the item's CF vector).
+
+        Positives: each item and its own text. Negatives: every other text of the batch of all
+        processes for an item (`sim_i2t`, local items against all texts), every other item for a text
+        (`sim_t2i`); repeats of the same item are not negatives. Scores are the best-matching query
+        against the text feature, over the learned temperature; symmetric InfoNCE. No label smoothing
+        (LAVIS uses 0.1 against BLIP-2's noisy web captions; catalog texts are an item's own metadata)."""
+        return (info_nce(sim_i2t, all_ids, offset, share) + info_nce(sim_t2i, all_ids, offset, share)) / 2
+
     def itg_loss(self, cf, input_ids, attention_mask):
-        """Item-grounded generation: next-token loss on the text, decoded after the queries."""
+        """BLIP-2's item-grounded text generation (ITG): next-token loss on the item's text, decoded
+        after the queries (which never see the text), so the queries must carry what the text says."""
         decoder_ids = input_ids.clone()
         decoder_ids[:, 0] = self.config.text_decoder_bos_token_id  # BLIP-2's [DEC] in place of [CLS]
         hidden = self.item_encoder(cf, input_ids=decoder_ids, attention_mask=attention_mask, mode="causal").last_hidden_state
@@ -963,7 +1007,7 @@ class ILMForItemTextPretraining(ILMPreTrainedModel):
         return nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
 
     def itm_loss(self, cf, input_ids, attention_mask, all_ids, offset, sim_i2t, sim_t2i):
-        """BLIP-2 ITM: each item with its own text (a match), with a hard negative text, and each text
+        """BLIP-2's item-text matching (ITM): each item with its own text (a match), with a hard negative text, and each text
         with a hard negative item. Negatives come from every process's batch (as in BLIP-2), drawn in
         proportion to ITC similarity (`sim_i2t` / `sim_t2i`: local rows against all), never the positive
         or a duplicate of it (the same item id or the same text)."""
@@ -986,14 +1030,23 @@ class ILMForItemTextPretraining(ILMPreTrainedModel):
         logits = self.itm_head(hidden[:, : self.config.num_query_tokens]).mean(1)
         return nn.functional.cross_entropy(logits, labels)
 
-    def interaction_loss(self, item_feats, anchor_ids, other_ids, entity, temperature):
-        """ILM's interaction contrastive loss: item-item (`entity="item"`, two items consumed together)
-        or user-item (`entity="user"`, a user's CF vector through the same encoder, and an item they
-        liked). Each anchor item's pooled feature is pulled towards its partner's and pushed away from
-        every other partner in the batch of all processes, and the other way round; repeats of an id
-        are not negatives. Rows without a partner (-1) sit out; None when no process has one."""
+    def item_item_loss(self, item_feats, anchor_ids, partner_ids, temperature):
+        """ILM's item-item contrastive loss (the paper's addition to BLIP-2): two items consumed
+        together by a user are a positive pair. Pulls each anchor item's pooled query feature towards
+        its partner's and pushes it away from every other partner in the batch of all processes (and
+        each partner away from the other anchors); repeats of an id are not negatives. Rows without a
+        partner (-1) sit out; None when no process has one."""
+        return self._interaction_loss(item_feats, anchor_ids, partner_ids, "item", temperature)
+
+    def user_item_loss(self, item_feats, anchor_ids, user_ids, temperature):
+        """ILM's user-item contrastive loss: a user (their CF vector, through the same encoder as a
+        "special item") and an item they liked are a positive pair; other users and items of the batch
+        of all processes are negatives, as in `item_item_loss`."""
+        return self._interaction_loss(item_feats, anchor_ids, user_ids, "user", temperature)
+
+    def _interaction_loss(self, item_feats, anchor_ids, other_ids, entity, temperature):
         has = other_ids >= 0
-        anchors = nn.functional.normalize(item_feats[has].mean(1), dim=-1)
+        anchors = pool_queries(item_feats[has])
         (all_anchors, all_anchor_ids), offset, share = gather_rows(anchors, anchor_ids[has])
         if share == 0:
             return None
@@ -1003,6 +1056,10 @@ class ILMForItemTextPretraining(ILMPreTrainedModel):
             info_nce(anchors @ all_others.t() / temperature, all_other_ids, offset, share)
             + info_nce(others @ all_anchors.t() / temperature, all_anchor_ids, offset, share)
         ) / 2
+
+
+LLM_ADAPTER_FOLDER = "llm_adapter"
+LORA_CONFIG_KEYS = ("r", "lora_alpha", "lora_dropout", "target_modules", "bias", "use_rslora", "use_dora")
 
 
 def _with_lora(language_model, lora_config: dict):

@@ -13,10 +13,11 @@ import functools
 import re
 import unicodedata
 
-import torch
 from transformers import AutoTokenizer
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
+
+from .configuration_ilm import ITEM_TOKEN, USER_TOKEN
 
 
 def normalize_title(text: str) -> str:
@@ -27,6 +28,17 @@ def normalize_title(text: str) -> str:
 
 
 ITEM_RENDERINGS = ("tokens", "title+tokens")
+# A literal inside a rendered prompt: text the user (or the catalog) supplied that must be tokenized as
+# plain text, never as a placeholder or a control token. Private-use code points no tokenizer emits.
+LITERAL = re.compile("\ue000(\\d+)\ue001")
+
+
+@functools.lru_cache(maxsize=8)
+def _literal_pattern(placeholders: tuple, specials: tuple) -> re.Pattern:
+    """Escaped placeholders (`\\<item>`) and, when given, the tokenizer's special strings."""
+    escaped = "|".join(re.escape(p) for p in placeholders)
+    special = "|".join(re.escape(t) for t in sorted(specials, key=len, reverse=True))
+    return re.compile(rf"\\({escaped})" + (f"|({special})" if special else ""))
 
 
 def _check_item_rendering(value) -> str:
@@ -60,8 +72,8 @@ class ILMProcessor(ProcessorMixin):
         tokenizer=None,
         catalog=None,
         num_query_tokens=8,
-        item_token="<item>",
-        user_token="<user>",
+        item_token=ITEM_TOKEN,
+        user_token=USER_TOKEN,
         chat_template=None,
         item_rendering="tokens",
     ):
@@ -91,7 +103,7 @@ class ILMProcessor(ProcessorMixin):
         cls, tokenizer_name_or_path, catalog=None, num_query_tokens=8, tokenizer_kwargs=None, item_rendering="tokens", **kwargs
     ):
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_name_or_path, **(tokenizer_kwargs or {}))
-        item_token, user_token = kwargs.get("item_token", "<item>"), kwargs.get("user_token", "<user>")
+        item_token, user_token = kwargs.get("item_token", ITEM_TOKEN), kwargs.get("user_token", USER_TOKEN)
         tokenizer.add_special_tokens({"additional_special_tokens": [item_token, user_token]})
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
@@ -166,18 +178,20 @@ class ILMProcessor(ProcessorMixin):
                 raise ValueError(f"Got {len(examples)} examples but {len(ids)} lists of {kind}_ids.")
             entity_ids[kind] = [self.rows(row, kind) for row in ids]
 
-        prompts, spans = [], []
+        prompts, spans, literals = [], [], []
         for i, example in enumerate(examples):
+            literals.append([])
             titled = None
             if item_rendering == "title+tokens":
                 titled = functools.partial(self._insert_titles, rows=entity_ids["item"][i], example=i)
             if text is not None:
                 if not isinstance(example, str):
                     raise TypeError(f"`text` must be a string or a list of strings, got {type(example).__name__}.")
+                example = self._protect(example, literals[i], control_tokens=False)  # a raw prompt may hold its own template
                 prompts.append(self._expand(titled(example) if titled else example))
                 spans.append([])
             else:
-                prompt, example_spans = self._render_chat(example, add_generation_prompt, return_labels, titled)
+                prompt, example_spans = self._render_chat(example, add_generation_prompt, return_labels, titled, literals[i])
                 prompts.append(prompt)
                 spans.append(example_spans)
         for i, prompt in enumerate(prompts):
@@ -188,23 +202,78 @@ class ILMProcessor(ProcessorMixin):
                         f"Example {i} has {found} {token} placeholders but {len(entity_ids[kind][i])} {kind}_ids."
                     )
 
-        encoding = self.tokenizer(
-            prompts,
-            padding=True,
-            padding_side=padding_side,  # for this call only: the tokenizer keeps its own setting
-            add_special_tokens=False,
-            return_offsets_mapping=return_labels,
-            return_tensors=return_tensors,
-            **tokenizer_kwargs,
-        )
+        if any(literals):
+            if tokenizer_kwargs:
+                raise ValueError(f"Tokenizer options {sorted(tokenizer_kwargs)} cannot be combined with literal text (escaped placeholders or control tokens in the input).")
+            encoding = self._tokenize_with_literals(prompts, literals, padding_side)
+        else:
+            encoding = self.tokenizer(  # lists: every output becomes `return_tensors` at the end, alike
+                prompts,
+                padding=True,
+                padding_side=padding_side,  # for this call only: the tokenizer keeps its own setting
+                add_special_tokens=False,
+                return_offsets_mapping=return_labels,
+                **tokenizer_kwargs,
+            )
         data = {"input_ids": encoding["input_ids"], "attention_mask": encoding["attention_mask"]}
         for kind in ("item", "user"):
             width = max([len(row) for row in entity_ids[kind]] + [0])
             if width:
-                data[f"{kind}_ids"] = torch.tensor([row + [-1] * (width - len(row)) for row in entity_ids[kind]])
+                data[f"{kind}_ids"] = [row + [-1] * (width - len(row)) for row in entity_ids[kind]]
         if return_labels:
             data["labels"] = self._labels(encoding, spans)
         return BatchFeature(data=data, tensor_type=return_tensors)
+
+    def _protect(self, text: str, literals: list, control_tokens: bool = True) -> str:
+        """`text` with each escaped placeholder (`\\<item>` -> the literal text "<item>") and, with
+        `control_tokens`, each of the tokenizer's special strings (e.g. `<|im_end|>`) swapped for a
+        LITERAL marker; `literals` collects what each marker stands for."""
+        if not isinstance(text, str):
+            return text
+        specials = tuple(t for t in self._special_strings() if t not in (self.item_token, self.user_token)) if control_tokens else ()
+        pattern = _literal_pattern((self.item_token, self.user_token), specials)
+
+        def mark(match):
+            literals.append(match.group(1) or match.group(2))
+            return f"\ue000{len(literals) - 1}\ue001"
+
+        return pattern.sub(mark, text)
+
+    def _special_strings(self) -> list[str]:
+        """Every string the tokenizer reads as one special token (control tokens, placeholders)."""
+        added = [token.content for token in self.tokenizer.added_tokens_decoder.values() if token.special]
+        return sorted(set(added) | set(self.tokenizer.all_special_tokens))
+
+    def _tokenize_with_literals(self, prompts, literals, padding_side):
+        """Tokenizes prompts that hold LITERAL markers: the text between markers as usual, each
+        literal with `split_special_tokens` (plain text). Offsets point into the marked prompt (a
+        literal's tokens all get its marker's span), as the label spans do."""
+        rows = {"input_ids": [], "attention_mask": [], "offset_mapping": []}
+        for prompt, example_literals in zip(prompts, literals):
+            ids, offsets, position = [], [], 0
+            pieces = LITERAL.split(prompt)  # text, literal index, text, ...
+            for k, piece in enumerate(pieces):
+                if k % 2:  # a literal: its marker spans [position, position + marker length)
+                    length = len(f"\ue000{piece}\ue001")
+                    literal = self.tokenizer(example_literals[int(piece)], add_special_tokens=False, split_special_tokens=True)["input_ids"]
+                    ids += literal
+                    offsets += [(position, position + length)] * len(literal)
+                    position += length
+                elif piece:
+                    encoded = self.tokenizer(piece, add_special_tokens=False, return_offsets_mapping=True)
+                    ids += encoded["input_ids"]
+                    offsets += [(position + a, position + b) for a, b in encoded["offset_mapping"]]
+                    position += len(piece)
+            rows["input_ids"].append(ids)
+            rows["offset_mapping"].append(offsets)
+        width = max(len(ids) for ids in rows["input_ids"])
+        for i, ids in enumerate(rows["input_ids"]):
+            pad = width - len(ids)
+            fill = lambda row, value: [value] * pad + row if padding_side == "left" else row + [value] * pad  # noqa: E731
+            rows["input_ids"][i] = fill(ids, self.tokenizer.pad_token_id)
+            rows["attention_mask"].append(fill([1] * len(ids), 0))
+            rows["offset_mapping"][i] = fill(rows["offset_mapping"][i], (0, 0))
+        return rows
 
     def _expand(self, prompt: str) -> str:
         for token in (self.item_token, self.user_token):
@@ -225,21 +294,22 @@ class ILMProcessor(ProcessorMixin):
                 raise ValueError(
                     f"Item {entry.get('item_id')!r} has no title in the catalog; item_rendering='title+tokens' needs one."
                 )
-            for token in (self.item_token, self.user_token):
+            for token in self._special_strings():
                 if token in title:
                     raise ValueError(
-                        f"The title of item {entry.get('item_id')!r} ({title!r}) contains the placeholder {token!r}; "
-                        "with item_rendering='title+tokens' it would create an extra placeholder."
+                        f"The title of item {entry.get('item_id')!r} ({title!r}) contains the placeholder or control token "
+                        f"{token!r}; with item_rendering='title+tokens' it would be read as one. Fix the catalog's title."
                     )
             out.append(f"{title} {self.item_token}{piece}")
         return "".join(out)
 
-    def _render_chat(self, messages, add_generation_prompt, return_labels, titled=None):
+    def _render_chat(self, messages, add_generation_prompt, return_labels, titled, literals):
         """Applies the chat template (then `titled`, which inserts item titles, if given); with labels,
-        also the character spans of assistant turns."""
+        also the character spans of assistant turns. Message contents are protected first (`_protect`)."""
         for message in messages:
             if not isinstance(message, dict) or not {"role", "content"} <= set(message):
                 raise ValueError(f"Each message must be a dict with 'role' and 'content', got {message!r}.")
+        messages = [{**message, "content": self._protect(message["content"], literals)} for message in messages]
 
         def render(chat, generation_prompt):
             prompt = self.tokenizer.apply_chat_template(
@@ -263,12 +333,11 @@ class ILMProcessor(ProcessorMixin):
         return full, spans
 
     def _labels(self, encoding, spans):
-        labels = torch.full_like(encoding["input_ids"], -100)
-        for row, (offsets, example_spans) in enumerate(zip(encoding["offset_mapping"], spans)):
-            for col, (start, end) in enumerate(offsets.tolist()):
-                if end > start and any(s <= start < e for s, e in example_spans):
-                    labels[row, col] = encoding["input_ids"][row, col]
-        return labels
+        """The tokens whose characters lie in an assistant turn's span; -100 elsewhere (and on padding)."""
+        return [
+            [token if end > start and any(s <= start < e for s, e in example_spans) else -100 for token, (start, end) in zip(ids, offsets)]
+            for ids, offsets, example_spans in zip(encoding["input_ids"], encoding["offset_mapping"], spans)
+        ]
 
     # --- decoding ----------------------------------------------------------------------------------
 

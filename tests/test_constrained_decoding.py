@@ -15,6 +15,7 @@ from conftest import CATALOG, make_tokenizer
 from transformers import LogitsProcessorList
 
 from modeling_ilm import ILMForConditionalGeneration, ILMProcessor
+from modeling_ilm import ILMPipeline
 from modeling_ilm.constrained_decoding import TitleConstrainedLogitsProcessor, TitleTrie, title_constraint
 
 QUERIES = 2
@@ -245,3 +246,28 @@ def test_best_continuation_takes_the_best_title_still_reachable():
     assert trie.best_continuation([heat], scores) == pytest.approx({eos: 0.1, year: 0.7})  # stop at "heat", or go on
     with pytest.raises(ValueError, match="one score per title"):
         TitleConstrainedLogitsProcessor([trie], 0, title_scores=[torch.zeros(2)])
+
+
+def test_pipeline_answers_name_catalog_items(model, processor):
+    """ILMPipeline (what `pipeline("text-generation", ..., trust_remote_code=True)` builds for a saved
+    folder): free answers are matched to the catalog afterwards; `recommend` and `candidates` decode
+    among titles, so the answer is an item, never one the prompt already holds."""
+    pipe = ILMPipeline(model=model, processor=processor)
+    free = pipe(CHATS[1], item_ids=ITEMS[1], max_new_tokens=6)
+    one = processor(messages=CHATS[1], item_ids=ITEMS[1])
+    expected = processor.decode(model.generate(**one, max_new_tokens=6, do_sample=False)[0, one["input_ids"].shape[1] :]).strip()
+    assert free["generated_text"] == expected and free["item_id"] == processor.match_item(expected)
+    for scorer in (False, True):
+        if scorer:
+            model.enable_ranking_head(ranking_dim=8)
+        try:
+            rec = pipe(CHATS[1], item_ids=ITEMS[1], recommend=True)
+            assert rec["item_id"] not in (None, *ITEMS[1]) and rec["title"] == rec["generated_text"], rec
+            among = pipe(CHATS[1], item_ids=ITEMS[1], candidates=CANDIDATES[0])
+            assert among["item_id"] in CANDIDATES[0] and among["title"] == among["generated_text"], among
+        finally:
+            model.item_scorer, model.config.ranking_head = None, False
+    several = pipe([{"messages": chat, "item_ids": ids} for chat, ids in zip(CHATS, ITEMS)], recommend=True)
+    assert len(several) == 3 and all(r["item_id"] is not None for r in several)
+    with pytest.raises(ValueError, match="'messages' and optionally 'item_ids', 'user_ids'"):
+        pipe({"chat": CHATS[0], "item_ids": ITEMS[0]})

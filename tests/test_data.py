@@ -11,7 +11,7 @@ import pytest
 from datasets import load_from_disk
 from safetensors.numpy import load_file
 
-from training.data import ITEM_PLACEHOLDER, USER_PLACEHOLDER, DataValidationError, build_dataset, load_candidates
+from training.data import ITEM_TOKEN, USER_TOKEN, DataValidationError, build_dataset, load_candidates
 from training.data import movielens
 from training.data.__main__ import main as cli_main
 from training.data.cf import interaction_matrix
@@ -278,8 +278,8 @@ def test_phase2_rows_are_consistent(built):
             assert [m["role"] for m in msgs] == ["user", "assistant"] * (len(msgs) // 2)
             assert row["target"] == msgs[-1]["content"]
             text = "".join(m["content"] for m in msgs)
-            assert text.count(ITEM_PLACEHOLDER) == len(row["item_ids"]) and set(row["item_ids"]) <= set(titles)
-            assert text.count(USER_PLACEHOLDER) == len(row["user_ids"]) and set(row["user_ids"]) <= users
+            assert text.count(ITEM_TOKEN) == len(row["item_ids"]) and set(row["item_ids"]) <= set(titles)
+            assert text.count(USER_TOKEN) == len(row["user_ids"]) and set(row["user_ids"]) <= users
             if row["target_item_id"]:
                 assert titles[row["target_item_id"]] in row["target"]
         assert set(ds["task"]) <= set(TASKS)
@@ -337,9 +337,9 @@ def test_candidate_titles_show_each_candidate_title_before_its_placeholder(built
                 assert a["messages"] == b["messages"]
                 continue
             text = b["messages"][0]["content"]
-            assert text.count(ITEM_PLACEHOLDER) == len(b["item_ids"])
-            shown = [i for i in b["item_ids"] if f"{titles[i]} {ITEM_PLACEHOLDER}" in text]
-            history = a["messages"][0]["content"].count(ITEM_PLACEHOLDER) - len(shown)
+            assert text.count(ITEM_TOKEN) == len(b["item_ids"])
+            shown = [i for i in b["item_ids"] if f"{titles[i]} {ITEM_TOKEN}" in text]
+            history = a["messages"][0]["content"].count(ITEM_TOKEN) - len(shown)
             assert len(shown) >= 2 and history >= 1  # candidates are titled; the history keeps bare placeholders
     # evaluation renders candidate prompts as the data was built; the text baseline sees each title once
     from training.evaluate.prompts import CANDIDATE_TEMPLATE, as_text, recommendation_prompt
@@ -351,10 +351,10 @@ def test_candidate_titles_show_each_candidate_title_before_its_placeholder(built
     u = protocol.users[0]
     prompt = recommendation_prompt(protocol, u, CANDIDATE_TEMPLATE, with_candidates=True)
     content = prompt.messages[0]["content"]
-    assert content.endswith(", ".join(f"{titles[c]} {ITEM_PLACEHOLDER}" for c in protocol.candidates[u]))
+    assert content.endswith(", ".join(f"{titles[c]} {ITEM_TOKEN}" for c in protocol.candidates[u]))
     text = as_text(prompt, titles).messages[0]["content"]
     assert text.endswith("? " + ", ".join(titles[c] for c in protocol.candidates[u]))
-    assert ITEM_PLACEHOLDER not in text
+    assert ITEM_TOKEN not in text
 
 
 def test_titled_rendering_refuses_a_title_holding_a_placeholder():

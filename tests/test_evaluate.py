@@ -18,7 +18,7 @@ from transformers import AutoModelForCausalLM, BertModel, BertTokenizerFast
 
 from modeling_ilm import ILMForConditionalGeneration, ILMProcessor
 from training.data import DataValidationError, build_dataset
-from training.data.templates import ITEM_PLACEHOLDER, USER_PLACEHOLDER
+from training.data.templates import ITEM_TOKEN, USER_TOKEN
 from training.evaluate import evaluate_baselines, evaluate_model, load_protocol, merge_results, to_markdown, write_report
 from training.evaluate import cache
 from training.evaluate.__main__ import main as cli_main
@@ -210,7 +210,7 @@ def test_text_baseline_prompt_has_titles_in_place_of_placeholders(protocol, ilm)
     assert prompt.user_ids == [u] and prompt.item_ids == protocol.history(u) + protocol.candidates[u]
     text = as_text(prompt, protocol.titles)
     content = text.messages[0]["content"]
-    assert ITEM_PLACEHOLDER not in content and USER_PLACEHOLDER not in content and text.item_ids == []
+    assert ITEM_TOKEN not in content and USER_TOKEN not in content and text.item_ids == []
     history = ", ".join(protocol.titles[i] for i in protocol.history(u))
     candidates = ", ".join(protocol.titles[i] for i in protocol.candidates[u])
     # candidate_selection/0, the same wording as the ILM's prompt

@@ -26,7 +26,7 @@ def processor(tiny_components):
     return ILMProcessor.from_components(tiny_components["llm"], catalog=CATALOG, num_query_tokens=QUERIES)
 
 
-def build(tiny_components, processor, adapter_type="qformer", seed=0):
+def build(tiny_components, processor, adapter_type="qformer", seed=0, **config_kwargs):
     torch.manual_seed(seed)
     return ILMForConditionalGeneration.from_components(
         tiny_components["llm"],
@@ -38,6 +38,7 @@ def build(tiny_components, processor, adapter_type="qformer", seed=0):
         mlp_hidden_size=16,
         item_embeddings=torch.randn(len(CATALOG["items"]), 8),
         user_embeddings=torch.randn(len(CATALOG["users"]), 8),
+        **config_kwargs,
     ).eval()
 
 
@@ -206,7 +207,12 @@ def test_auto_classes(model, tmp_path):
     model.save_pretrained(tmp_path)
     assert type(AutoModel.from_pretrained(tmp_path)) is ILMForConditionalGeneration
     assert type(AutoModelForCausalLM.from_pretrained(tmp_path)) is ILMForConditionalGeneration
-    assert ILMConfig.from_pretrained(tmp_path).auto_map["AutoModel"] == "modeling_ilm.ILMForConditionalGeneration"
+    config = ILMConfig.from_pretrained(tmp_path)
+    for auto_class in ("AutoModel", "AutoModelForCausalLM"):
+        assert config.auto_map[auto_class] == "modeling_ilm.ILMForConditionalGeneration"
+    assert config.auto_map["AutoModelForPreTraining"] == "modeling_ilm.ILMForItemTextPretraining"
+    assert config.custom_pipelines["text-generation"]["impl"] == "pipeline_ilm.ILMPipeline"
+    assert {"pipeline_ilm.py", "constrained_decoding.py"} <= {p.name for p in tmp_path.glob("*.py")}
 
 
 def test_trust_remote_code_load_without_the_package(model, processor, tmp_path):
@@ -217,6 +223,11 @@ def test_trust_remote_code_load_without_the_package(model, processor, tmp_path):
     torch.save(dict(batch), tmp_path / "batch.pt")
     with torch.no_grad():
         torch.save(model(**batch).logits, tmp_path / "logits.pt")
+    one = processor(messages=CHATS[1], item_ids=ITEMS[1], user_ids=USERS[1])
+    answer = processor.decode(model.generate(**one, max_new_tokens=6, do_sample=False)[0, one["input_ids"].shape[1] :]).strip()
+    first = processor(messages=CHATS[0], item_ids=ITEMS[0])  # recommend: decoded among catalog titles
+    constraint = processor.title_constraint(first["input_ids"])
+    recommended = processor.decode(model.generate(**first, max_new_tokens=32, logits_processor=constraint)[0, first["input_ids"].shape[1] :]).strip()
     script = textwrap.dedent(
         f"""
         import torch
@@ -230,11 +241,19 @@ def test_trust_remote_code_load_without_the_package(model, processor, tmp_path):
             diff = (model(**batch).logits - torch.load({str(tmp_path / 'logits.pt')!r})).abs().max().item()
         print(type(model).__module__, type(processor).__name__, "maxdiff", diff)
         assert diff == 0.0
+        from transformers import AutoModelForCausalLM, pipeline
+        assert type(AutoModelForCausalLM.from_pretrained({str(tmp_path / 'ilm')!r}, trust_remote_code=True)) is type(model)
+        pipe = pipeline("text-generation", model={str(tmp_path / 'ilm')!r}, trust_remote_code=True)
+        out = pipe({CHATS[1]!r}, item_ids={ITEMS[1]!r}, user_ids={USERS[1]!r}, max_new_tokens=6)
+        assert out["generated_text"] == {answer!r}, out
+        rec = pipe({CHATS[0]!r}, item_ids={ITEMS[0]!r}, recommend=True)
+        assert rec["generated_text"] == {recommended!r}, rec
+        print("pipeline", type(pipe).__name__)
         """
     )
     result = run_without_package(script, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "transformers_modules" in result.stdout and "maxdiff 0.0" in result.stdout
+    assert "transformers_modules" in result.stdout and "maxdiff 0.0" in result.stdout and "pipeline ILMPipeline" in result.stdout
 
 
 def test_qformer_text_mode_starts_as_the_pretrained_bert(tiny_components, processor):
@@ -265,3 +284,20 @@ def test_causal_mode_hides_text_from_queries(tiny_components, processor):
     assert not torch.allclose(a[:, QUERIES + 1 :], b[:, QUERIES + 1 :])
     multimodal = enc(cf, input_ids=torch.tensor([[1, 6, 11]]), mode="multimodal").last_hidden_state
     assert not torch.allclose(multimodal[:, :QUERIES], b[:, :QUERIES])  # in matching mode queries do see text
+
+
+def test_cf_residual_adds_each_cf_token_to_its_query_output(tiny_components, processor):
+    plain = build(tiny_components, processor, num_cf_tokens=QUERIES)
+    residual = build(tiny_components, processor, num_cf_tokens=QUERIES, cf_residual=True)
+    torch.testing.assert_close(dict(residual.state_dict()), dict(plain.state_dict()))  # the path adds no weights
+    cf, text = torch.randn(3, 8), torch.tensor([[1, 5, 9]] * 3)
+    cf_tokens = plain.item_encoder.cf_tokens(cf)
+    for mode in ("query", "multimodal", "causal"):
+        got = residual.item_encoder(cf, input_ids=text, mode=mode).last_hidden_state
+        expected = plain.item_encoder(cf, input_ids=text, mode=mode).last_hidden_state
+        torch.testing.assert_close(got[:, :QUERIES], expected[:, :QUERIES] + cf_tokens)
+        torch.testing.assert_close(got[:, QUERIES:], expected[:, QUERIES:])  # text states are untouched
+    ids = torch.tensor([1, 2])
+    assert not torch.allclose(residual.get_item_tokens(ids), plain.get_item_tokens(ids))  # and reaches the LLM
+    with pytest.raises(ValueError, match="num_cf_tokens=4 equal to num_query_tokens=2"):
+        ILMConfig(num_query_tokens=2, num_cf_tokens=4, cf_residual=True)

@@ -59,3 +59,42 @@ def test_lora_save_load_round_trip(lora_model, processor, tmp_path, light):
     batch = processor(messages=[[{"role": "user", "content": "what movie is <item> ?"}]], item_ids=[["3"]])
     with torch.no_grad():
         assert (lora_model(**batch).logits - loaded(**batch).logits).abs().max().item() == 0.0
+
+
+def test_lora_is_saved_as_a_standard_peft_adapter_of_the_llm(lora_model, processor, tiny_components, tmp_path):
+    """`llm_adapter/` holds the LoRA the PEFT way: it applies to the bare base LLM with PeftModel,
+    and `load_adapter` puts it on an ILM without LoRA, bit-identically."""
+    from peft import PeftModel
+
+    lora_model.save_pretrained(tmp_path)
+    adapter = tmp_path / "llm_adapter"
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in adapter.iterdir()}
+    text = processor(messages=TEXT)
+    with torch.no_grad():
+        expected = lora_model(**text).logits
+        base = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_components["llm"]), adapter).eval()
+        assert (base(**text).logits - expected).abs().max().item() == 0.0
+
+    torch.manual_seed(0)  # the same encoder as lora_model's before its training step, without LoRA
+    plain = ILMForConditionalGeneration.from_components(
+        tiny_components["llm"], tiny_components["bert"], item_token_id=processor.item_token_id, user_token_id=processor.user_token_id,
+        num_query_tokens=2, item_embeddings=torch.randn(6, 8), user_embeddings=torch.randn(4, 8),
+    ).eval()
+    plain.load_adapter(adapter)
+    assert plain.config.lora_config["r"] == 4
+    assert all(not p.requires_grad for n, p in plain.language_model.named_parameters() if "lora_" not in n)
+    with torch.no_grad():
+        assert (plain(**text).logits - expected).abs().max().item() == 0.0
+    plain.save_pretrained(tmp_path / "again")  # and it now travels with the model
+    with torch.no_grad():
+        assert (ILMForConditionalGeneration.from_pretrained(tmp_path / "again")(**text).logits - expected).abs().max().item() == 0.0
+
+
+def test_an_adapter_for_another_llm_is_a_clear_error(lora_model, tiny_components, tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    other = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1))
+    get_peft_model(other, LoraConfig(**LORA)).save_pretrained(tmp_path / "other")
+    with pytest.raises(ValueError, match="does not fit this model's LLM"):
+        lora_model.load_adapter(tmp_path / "other", adapter_name="other")

@@ -22,7 +22,7 @@ from model_cards import build_model_card, write_model_card
 from model_cards.generate import DEFAULT_LLM_ID, DEFAULT_QFORMER_ID, METRIC_NAMES, pick_model_name
 from modeling_ilm import ILMProcessor
 from training import publish as publish_module
-from training.publish import PublishError, lay_into_hf_cache, publish, run_without_package, validate
+from training.publish import PublishError, assemble, lay_into_hf_cache, publish, run_without_package, validate
 
 FIXTURE = Path(__file__).parent / "fixtures" / "results.json"
 RESULTS = json.loads(FIXTURE.read_text())
@@ -198,16 +198,21 @@ def test_card_without_results_and_model_choice(folders, tmp_path):
 
 def test_dry_run_folder_contents(published):
     files = {p.name for p in published["full"].iterdir()}
-    assert {"config.json", "configuration_ilm.py", "modeling_ilm.py", "processing_ilm.py", "model.safetensors",
+    assert {"config.json", "configuration_ilm.py", "modeling_ilm.py", "processing_ilm.py", "pipeline_ilm.py", "model.safetensors",
             "processor_config.json", "tokenizer.json", "tokenizer_config.json", "README.md",
             "training_curves.png", "results.json", "training_info.json"} <= files
     assert "checkpoint-10" not in files
     assert not [p for p in published["full"].rglob("*") if p.suffix in (".bin", ".pt", ".pth", ".pkl")]
     config = json.loads((published["full"] / "config.json").read_text())
-    assert config["auto_map"] == {"AutoConfig": "configuration_ilm.ILMConfig", "AutoModel": "modeling_ilm.ILMForConditionalGeneration"}
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_ilm.ILMConfig", "AutoModel": "modeling_ilm.ILMForConditionalGeneration",
+        "AutoModelForCausalLM": "modeling_ilm.ILMForConditionalGeneration", "AutoModelForPreTraining": "modeling_ilm.ILMForItemTextPretraining",
+    }
+    assert config["custom_pipelines"]["text-generation"]["impl"] == "pipeline_ilm.ILMPipeline"
     processor_config = json.loads((published["full"] / "processor_config.json").read_text())
     assert processor_config["auto_map"] == {"AutoProcessor": "processing_ilm.ILMProcessor"}
     card = ModelCard.load(published["full"] / "README.md")
+    assert 'pipeline("text-generation", model="org/full", trust_remote_code=True)' in card.text
     assert 'from_pretrained("org/full"' in card.text and "![training curves](training_curves.png)" in card.text
     assert {r.metric_value for r in card.data.eval_results} >= {0.3309, 0.5478}
     assert "model.safetensors" in {p.name for p in published["light"].iterdir()}
@@ -279,6 +284,10 @@ def test_light_folder_with_lora_validates(tiny_components, processor, tmp_path):
     write_model_card(tmp_path / "m")
     validate(tmp_path / "m")
     assert "enables LoRA" in (tmp_path / "m" / "README.md").read_text()
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    assemble(tmp_path / "m", staging, repo_id="you/ilm-lora")  # the standard PEFT adapter files are published too
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in (staging / "llm_adapter").iterdir()}
 
 
 def test_validation_never_runs_remote_code_that_is_not_the_packages_own(published, tmp_path):
@@ -375,10 +384,14 @@ report["module"], report["processor"] = type(model).__module__, type(processor).
 report["llm"] = model.config.text_model_name_or_path
 # the card's own code, as a reader would paste it
 blocks = re.findall(r"```python\n(.*?)```", open(hf_hub_download(repo_id, "README.md", **hub)).read(), re.S)
-namespace = {"hub": hub}  # with cache_dir=, the snippet gets it too
-exec(blocks[0].replace("trust_remote_code=True", "trust_remote_code=True, **hub"), namespace)
+printed = []
+namespace = {"hub": hub, "print": printed.append}  # with cache_dir=, the snippets get it too
+if not hub:  # pipeline() looks up a custom pipeline's code without model_kwargs' cache_dir: HF_HUB_CACHE only
+    exec(blocks[0], namespace)
+    report["pipeline_output"] = printed[-1]
+exec(blocks[1].replace("trust_remote_code=True", "trust_remote_code=True, **hub"), namespace)
 report["snippet_output"] = namespace["output"].tolist()
-exec(blocks[1], namespace)
+exec(blocks[2], namespace)
 report["raw_vector_output_shape"] = list(namespace["output"].shape)
 print("REPORT " + json.dumps(report))
 """
@@ -426,6 +439,8 @@ def test_offline_repo_id_loading(kind, via, published, model, processor, tiny_co
     assert report["generated"] == model.generate(**batch, max_new_tokens=8, do_sample=False).tolist()
     assert report["llm"] == (LIGHT_LLM_ID if kind == "light" else tiny_components["llm"])
     assert report["snippet_output"] == model.generate(**snippet_inputs, max_new_tokens=32).tolist()
+    if via == "env":
+        assert set(report["pipeline_output"]) == {"generated_text", "item_id", "title"} and report["pipeline_output"]["generated_text"]
     assert report["raw_vector_output_shape"][0] == 1
 
 

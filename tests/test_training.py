@@ -16,7 +16,7 @@ from transformers import AutoModel
 
 from training.config import load_config, save_config
 from training.data import build_dataset
-from training.finetune import FinetuneConfig, build_trainer, finetune, mixed_examples
+from training.finetune import FinetuneConfig, build_model_and_processor, build_trainer, finetune, mixed_examples
 from training.pretrain import Phase1Examples, PretrainConfig, pretrain
 from training.trainer import last_checkpoint
 
@@ -68,13 +68,22 @@ def test_phase1_examples_draw_real_partners_and_likers(data_dir):
         assert example["user_ids"] == -1 or example["user_ids"] in examples.likers[example["item_ids"]]
 
 
-def test_phase1_examples_draw_afresh_in_each_dataloader_worker_and_epoch(data_dir):
+def test_phase1_draws_depend_on_seed_epoch_and_index_only(data_dir):
+    """Fresh draws each epoch, the same in any worker and whatever was drawn before: a resumed run
+    (which never loads the batches it skips) draws what the uninterrupted one drew."""
+
+    def draws(examples, order=None, workers=0):
+        order = order or list(range(len(examples)))
+        loader = torch.utils.data.DataLoader(torch.utils.data.Subset(examples, order), batch_size=None, num_workers=workers)
+        return {i: (int(e["partner_ids"]), int(e["user_ids"])) for i, e in zip(order, loader)}
+
     examples = Phase1Examples(data_dir, seed=0)
-    loader = torch.utils.data.DataLoader(examples, batch_size=None, num_workers=2, generator=torch.Generator().manual_seed(0))
-    epochs = [[(int(e["partner_ids"]), int(e["user_ids"])) for e in loader] for _ in range(2)]
-    assert epochs[0] != epochs[1]  # workers are re-made each epoch from the same state: without a reseed, a replay
-    again = torch.utils.data.DataLoader(Phase1Examples(data_dir, seed=0), batch_size=None, num_workers=2, generator=torch.Generator().manual_seed(0))
-    assert [(int(e["partner_ids"]), int(e["user_ids"])) for e in again] == epochs[0]  # still seeded
+    first = draws(examples)
+    assert draws(examples, workers=2) == first
+    assert draws(examples, order=list(reversed(range(len(examples))))[: len(examples) // 2]).items() <= first.items()
+    examples.set_epoch(1)
+    assert draws(examples) != first
+    assert draws(Phase1Examples(data_dir, seed=1)) != first
 
 
 def test_resume_skips_checkpoints_killed_while_saving(tmp_path, caplog):
@@ -157,20 +166,53 @@ def phase2_straight(tiny_components, data_dir, phase1_dir, tmp_path_factory):
     return load_file(str(tmp / "run" / "model" / "model.safetensors"))
 
 
+def phase1_command(tiny_components, data_dir, output_dir, tmp_path):
+    """`python -m training.pretrain` arguments: 6 steps over 3 epochs, a checkpoint every 2, dropout on."""
+    config = tiny_pretrain_config(tiny_components, data_dir, output_dir, max_steps=6, eval_steps=0)
+    path = tmp_path / f"{Path(output_dir).name}.yaml"
+    save_config(config, path)
+    return ["--config", str(path)]
+
+
+@pytest.fixture(scope="module")
+def phase1_straight(tiny_components, data_dir, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("straight1")
+    subprocess.run([sys.executable, "-m", "training.pretrain", *phase1_command(tiny_components, data_dir, tmp / "run", tmp)], check=True, capture_output=True)
+    return load_file(str(tmp / "run" / "final" / "model.safetensors"))
+
+
+def killed_then_resumed(phase, command, where, step, run, final):
+    """Kills `phase` with SIGKILL at `where` `step`, resumes it with the same command, and returns the
+    final weights; the resume must start from the last complete checkpoint (2)."""
+    module, name = {"phase1": ("training.pretrain", "phase 1"), "phase2": ("training.finetune", "phase 2")}[phase]
+    killed = subprocess.run([sys.executable, str(Path(__file__).parent / "faults" / "kill_training.py"), phase, where, str(step), *command], capture_output=True)
+    assert killed.returncode == -signal.SIGKILL and not final.exists()
+    if where == "mid-save":  # the half-written checkpoint is there, and the resume must pass over it
+        assert (run / f"checkpoint-{step}" / "model.safetensors").exists()
+        assert not (run / f"checkpoint-{step}" / "trainer_state.json").exists()
+    resumed = subprocess.run([sys.executable, "-m", module, *command], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"Resuming {name} from {run / 'checkpoint-2'}" in resumed.stderr
+    return load_file(str(final / "model.safetensors"))
+
+
+def max_difference(weights, reference):
+    assert weights.keys() == reference.keys()
+    return max(float((weights[k].float() - reference[k].float()).abs().max()) for k in weights)
+
+
+@pytest.mark.parametrize("where, step", [("after-step", 3), ("mid-save", 4)])
+def test_phase1_killed_then_resumed_ends_bit_identical(tiny_components, data_dir, phase1_straight, tmp_path, where, step):
+    command = phase1_command(tiny_components, data_dir, tmp_path / "run", tmp_path)
+    weights = killed_then_resumed("phase1", command, where, step, tmp_path / "run", tmp_path / "run" / "final")
+    assert max_difference(weights, phase1_straight) == 0.0
+
+
 @pytest.mark.parametrize("where, step", [("after-step", 3), ("mid-save", 4)])
 def test_phase2_killed_then_resumed_ends_bit_identical(tiny_components, data_dir, phase1_dir, phase2_straight, tmp_path, where, step):
-    args = phase2_command(tiny_components, data_dir, phase1_dir, tmp_path / "run", tmp_path)
-    killed = subprocess.run([sys.executable, str(Path(__file__).parent / "faults" / "kill_phase2.py"), where, str(step), *args], capture_output=True)
-    assert killed.returncode == -signal.SIGKILL and not (tmp_path / "run" / "model").exists()
-    if where == "mid-save":  # the half-written checkpoint is there, and the resume must pass over it
-        assert (tmp_path / "run" / f"checkpoint-{step}" / "model.safetensors").exists()
-        assert not (tmp_path / "run" / f"checkpoint-{step}" / "trainer_state.json").exists()
-    resumed = subprocess.run([sys.executable, "-m", "training.finetune", *args], capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert f"Resuming phase 2 from {tmp_path / 'run' / 'checkpoint-2'}" in resumed.stderr
-    weights = load_file(str(tmp_path / "run" / "model" / "model.safetensors"))
-    assert weights.keys() == phase2_straight.keys()
-    assert max(float((weights[k].float() - phase2_straight[k].float()).abs().max()) for k in weights) == 0.0
+    command = phase2_command(tiny_components, data_dir, phase1_dir, tmp_path / "run", tmp_path)
+    weights = killed_then_resumed("phase2", command, where, step, tmp_path / "run", tmp_path / "run" / "model")
+    assert max_difference(weights, phase2_straight) == 0.0
 
 
 def test_phase2_batches_group_examples_of_similar_length(tiny_components, data_dir, phase1_dir, tmp_path):
@@ -215,10 +257,23 @@ def test_phase2_curriculum_puts_the_first_tasks_first_in_length_grouped_batches(
         build_trainer(dataclasses.replace(config, curriculum=["no_such_task"]))
 
 
-def test_phase2_rejects_a_query_count_mismatch(tiny_components, data_dir, phase1_dir, tmp_path):
-    config = FinetuneConfig(data_dir=str(data_dir), output_dir=str(tmp_path), init=str(phase1_dir / "final"), llm=tiny_components["llm"], num_query_tokens=3)
-    with pytest.raises(ValueError, match="num_query_tokens=2"):
+@pytest.mark.parametrize("asked, saved", [({"num_query_tokens": 3}, "num_query_tokens=2"), ({"cf_residual": True}, "cf_residual=False"), ({"num_hidden_layers": 7}, "num_hidden_layers=")])
+def test_phase2_rejects_an_encoder_shape_unlike_its_phase1_init(tiny_components, data_dir, phase1_dir, tmp_path, asked, saved):
+    values = dict(data_dir=str(data_dir), output_dir=str(tmp_path), init=str(phase1_dir / "final"), llm=tiny_components["llm"], num_query_tokens=2)
+    config = FinetuneConfig(**{**values, **asked})
+    with pytest.raises(ValueError, match=saved):
         finetune(config)
+
+
+def test_phase2_from_scratch_builds_the_encoder_it_is_asked_for(tiny_components, data_dir, tmp_path):
+    """ILM-rand must be the main job's encoder without phase 1: same depth, same CF residual."""
+    config = FinetuneConfig(
+        data_dir=str(data_dir), output_dir=str(tmp_path), init="scratch", llm=tiny_components["llm"], qformer=tiny_components["bert"],
+        num_query_tokens=2, num_cf_tokens=2, num_hidden_layers=1, cf_residual=True,
+    )
+    model, _ = build_model_and_processor(config)
+    assert model.config.cf_residual and model.config.qformer_config.num_hidden_layers == 1
+    assert len(model.item_encoder.qformer.encoder.layer) == 1
 
 
 def test_phase2_with_ranking_head_logs_its_loss_and_learning_curve_and_saves_the_head(tiny_components, data_dir, phase1_dir, tmp_path):

@@ -42,6 +42,10 @@ class FinetuneConfig(TrainerSettings):
     adapter_type: str = "qformer"
     num_query_tokens: int = 4  # must match the phase-1 checkpoint when starting from one
     num_cf_tokens: int = 4
+    # the encoder's shape when phase 2 builds it (init: scratch, i.e. ILM-rand); with a phase-1 init the
+    # checkpoint's own holds, and a value set here must match it
+    num_hidden_layers: int | None = None  # None: the Q-Former init's depth
+    cf_residual: bool | None = None  # None: False (ILMConfig.cf_residual)
     # "tokens" (the paper: item tokens only) or "title+tokens" (LLaRA's hybrid: each item's title,
     # then its tokens); saved with the processor, so evaluation and inference render items the same way
     item_rendering: str = "tokens"
@@ -241,16 +245,22 @@ def build_model_and_processor(config: FinetuneConfig):
             user_token_id=processor.user_token_id,
             num_query_tokens=config.num_query_tokens,
             num_cf_tokens=config.num_cf_tokens,
+            cf_residual=bool(config.cf_residual),
+            qformer_config={"num_hidden_layers": config.num_hidden_layers} if config.num_hidden_layers else None,
             adapter_type=config.adapter_type,
             mlp_hidden_size=config.mlp_hidden_size,
         )
     else:
         model = ILMForConditionalGeneration.from_pretrained(config.init)
-        if model.config.num_query_tokens != config.num_query_tokens:
-            raise ValueError(
-                f"{config.init} has num_query_tokens={model.config.num_query_tokens} but this config says "
-                f"{config.num_query_tokens}; make them equal."
-            )
+        saved = {
+            "num_query_tokens": model.config.num_query_tokens,
+            "num_hidden_layers": model.config.qformer_config.num_hidden_layers,
+            "cf_residual": model.config.cf_residual,
+        }
+        for key, value in saved.items():
+            asked = getattr(config, key)
+            if asked is not None and asked != value:
+                raise ValueError(f"{config.init} has {key}={value} but this config says {asked}; make them equal.")
         model.config.item_token_id, model.config.user_token_id = processor.item_token_id, processor.user_token_id
     if config.lora and not model.config.lora_config:
         model.enable_lora(**config.lora)

@@ -153,6 +153,7 @@ def demo(model_dir, data_dir):
     the head's scores (the movies already named left out), and two test users (user token + history)
     get the head's top 5 and a guided answer."""
     from modeling_ilm import ILMForConditionalGeneration, ILMProcessor
+    from modeling_ilm.configuration_ilm import ITEM_TOKEN
     from training.evaluate import load_protocol
     from training.evaluate.lm import ChatModel
     from training.evaluate.prompts import NEXT_ITEM_TEMPLATE, recommendation_prompt
@@ -161,7 +162,7 @@ def demo(model_dir, data_dir):
     processor = ILMProcessor.from_pretrained(model_dir)
     star_wars = [i for i in ("50", "181", "172") if i in processor._index["item"]]  # the trilogy in ml-100k
     turns = [
-        ("I liked " + ", ".join(["<item>"] * len(star_wars)) + ". What movie should I watch next?", star_wars),
+        ("I liked " + ", ".join([ITEM_TOKEN] * len(star_wars)) + ". What movie should I watch next?", star_wars),
         ("Thanks. And what movie is <item>?", [processor.catalog["items"][0]["item_id"]]),
     ]
     chat, item_ids = [], []
@@ -195,7 +196,7 @@ def demo(model_dir, data_dir):
 def guided_answer(model, processor, inputs, scores=None, max_new_tokens=32) -> str:
     """Greedy answer among the catalog's titles; with `scores` (`(1, num_items)`, the ranking head's,
     -inf for items left out), the decoding follows them (see `title_constraint`)."""
-    from training.evaluate.lm import GUIDE_WEIGHT
+    from modeling_ilm.constrained_decoding import GUIDE_WEIGHT
 
     constraint = processor.title_constraint(inputs["input_ids"], scores=scores, score_weight=GUIDE_WEIGHT)
     output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, logits_processor=constraint)

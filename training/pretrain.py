@@ -10,6 +10,7 @@ and `training_curves.png`.
 import dataclasses
 import json
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 from datasets import load_from_disk
 from safetensors.torch import load_file
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, TrainerCallback
 
 from modeling_ilm import ILMForItemTextPretraining
 from training import assets
@@ -47,6 +48,7 @@ class PretrainConfig(TrainerSettings):
     num_query_tokens: int = 4
     num_cf_tokens: int = 4
     num_hidden_layers: int | None = None  # Q-Former depth; None keeps the init model's
+    cf_residual: bool = False  # item tokens = query outputs + the CF tokens they read (ILMConfig.cf_residual)
     max_text_length: int = 32
     batch_size: int = 32
     max_steps: int = 300
@@ -57,7 +59,11 @@ class PretrainConfig(TrainerSettings):
 
 class Phase1Examples(torch.utils.data.Dataset):
     """One example per train item: its text, plus a related item and a user who liked it, drawn
-    afresh each time (pairs weighted by how often the two items were consumed together)."""
+    afresh each epoch (pairs weighted by how often the two items were consumed together).
+
+    The draws are a function of (seed, epoch, index) alone: the same in any DataLoader worker or
+    process, and a run resumed mid-epoch (whose skipped batches are never loaded) draws what the
+    uninterrupted run drew. The Trainer sets the epoch (`set_epoch`, through `EpochCallback`)."""
 
     def __init__(self, data_dir, seed=0):
         data_dir = Path(data_dir)
@@ -77,21 +83,16 @@ class Phase1Examples(torch.utils.data.Dataset):
         likes = phase1["user_item_train"]
         for user, item in zip(likes["user_id"], likes["item_id"]):
             self.likers.setdefault(self.item_row[item], []).append(self.user_row[user])
-        self.rng, self.worker_seed = np.random.default_rng(seed), None
+        self.seed, self.epoch = seed, 0
 
     def __len__(self):
         return len(self.items)
 
-    def generator(self):
-        # DataLoader workers each get a copy of this object, re-made every epoch: without a reseed
-        # they would all replay the same draws. torch gives each worker a seed per epoch (seeded by Trainer).
-        worker = torch.utils.data.get_worker_info()
-        if worker is not None and worker.seed != self.worker_seed:
-            self.rng, self.worker_seed = np.random.default_rng(worker.seed), worker.seed
-        return self.rng
+    def set_epoch(self, epoch: int):
+        self.epoch = int(epoch)
 
     def __getitem__(self, index):
-        item, rng = self.items[index], self.generator()
+        item, rng = self.items[index], np.random.default_rng([self.seed, self.epoch, index])
         partner, user = -1, -1
         if item in self.partners:
             weights = np.asarray(self.partner_weights[item], dtype=float)
@@ -99,6 +100,16 @@ class Phase1Examples(torch.utils.data.Dataset):
         if item in self.likers:
             user = int(rng.choice(self.likers[item]))
         return {"item_ids": item, "text": self.texts[index], "partner_ids": partner, "user_ids": user}
+
+
+class EpochCallback(TrainerCallback):
+    """Tells the dataset which epoch starts (a resumed run starts inside the checkpoint's epoch)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.dataset.set_epoch(math.floor(state.epoch or 0))
 
 
 class Phase1Collator:
@@ -180,6 +191,7 @@ def build_model(config: PretrainConfig) -> ILMForItemTextPretraining:
         user_embeddings=cf["user_embeddings"],
         num_query_tokens=config.num_query_tokens,
         num_cf_tokens=config.num_cf_tokens,
+        cf_residual=config.cf_residual,
         phase1_loss_weights=weights,
         qformer_config=qformer_config,
     )
@@ -201,6 +213,7 @@ def build_trainer(config: PretrainConfig):
         eval_dataset=train_dataset if config.eval_steps else None,  # unused: evaluate() reads the catalog
         data_collator=Phase1Collator(tokenizer, config.max_text_length),
         phase1_eval=make_phase1_eval(config.data_dir, tokenize, config.eval_items),
+        callbacks=[EpochCallback(train_dataset)],
     )
     return trainer, tokenizer
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from huggingface_hub import HfApi, constants, get_token
 from huggingface_hub.errors import HfHubHTTPError
 
+from modeling_ilm.modeling_ilm import LLM_ADAPTER_FOLDER
 from model_cards.generate import GENERATED_MARKER, HUB_ID, add_card_arguments, card_arguments, is_hub_id, read_json, write_model_card
 
 # Files that unpickle (and so can run code) when loaded: never published. Names are only the first
@@ -125,10 +126,15 @@ def assemble(model_dir, staging, *, repo_id, results=None, training_info=None, *
         )
     skipped = []
     for path in sorted(model_dir.iterdir()):
-        if path.name.startswith(".") or not path.is_file():
+        if path.name == LLM_ADAPTER_FOLDER and path.is_dir():  # the LoRA as a standard PEFT adapter of the LLM
+            unsafe = unsafe_files(path)
+            if unsafe:
+                raise PublishError(f"{path} holds files that cannot be published: {unsafe}. Re-save the model with save_pretrained.")
+            shutil.copytree(path, staging / path.name)
+        elif path.name.startswith(".") or not path.is_file():
             skipped.append(path.name)
-            continue
-        shutil.copy2(path, staging / path.name)
+        else:
+            shutil.copy2(path, staging / path.name)
     readme = staging / "README.md"
     if not readme.exists() or GENERATED_MARKER in readme.read_text(encoding="utf-8"):
         write_model_card(staging, results, training_info, repo_id=repo_id, **card_kwargs)

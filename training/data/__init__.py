@@ -4,13 +4,13 @@ datasets and evaluation candidates. See training/data/README.md; CLI: python -m 
 from .build import BuildConfig, build_dataset
 from .candidates import load_candidates
 from .sources import DataValidationError
-from .templates import ITEM_PLACEHOLDER, USER_PLACEHOLDER
+from .templates import ITEM_TOKEN, USER_TOKEN
 
 __all__ = [
     "BuildConfig",
     "build_dataset",
     "load_candidates",
     "DataValidationError",
-    "ITEM_PLACEHOLDER",
-    "USER_PLACEHOLDER",
+    "ITEM_TOKEN",
+    "USER_TOKEN",
 ]

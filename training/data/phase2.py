@@ -26,9 +26,9 @@ from tqdm.auto import tqdm
 from .catalog import user_profile
 from .phase1 import to_dataset
 from .templates import (
-    ITEM_PLACEHOLDER,
+    ITEM_TOKEN,
     TASKS,
-    USER_PLACEHOLDER,
+    USER_TOKEN,
     get_template,
     items,
     render,
@@ -199,7 +199,7 @@ def make_row(task, facts, choices, rng, titles=None):
     template = get_template(tid)
     messages, item_ids, user_ids = render(template, facts, titles)
     text = "".join(m["content"] for m in messages)
-    assert text.count(ITEM_PLACEHOLDER) == len(item_ids) and text.count(USER_PLACEHOLDER) == len(user_ids), tid
+    assert text.count(ITEM_TOKEN) == len(item_ids) and text.count(USER_TOKEN) == len(user_ids), tid
     item_of = facts.get("item_of", {})
     answer_items = [item_of[f] for _, f, _, _ in string.Formatter().parse(template[-1]) if f in item_of]
     return {

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .templates import ITEM_PLACEHOLDER, USER_PLACEHOLDER
+from .templates import ITEM_TOKEN, USER_TOKEN
 
 log = logging.getLogger(__name__)
 
@@ -203,13 +203,13 @@ def prepare_tables(inter, items, users=None, files=None):
     # control tokens would be read as the chat's structure
     def reserved(value):
         texts = value if isinstance(value, list) else [value]
-        return any(isinstance(t, str) and (ITEM_PLACEHOLDER in t or USER_PLACEHOLDER in t or CONTROL_TOKEN.search(t)) for t in texts)
+        return any(isinstance(t, str) and (ITEM_TOKEN in t or USER_TOKEN in t or CONTROL_TOKEN.search(t)) for t in texts)
 
     for df, f in ((items, ft), (users, fu), (inter[[c for c in ("user_id", "item_id") if c in inter]], fi)):
         for col in [] if df is None else df.columns:
             s = df[col].map(reserved)
             if s.any():
-                _fail(f, col, f"contains the reserved strings {ITEM_PLACEHOLDER!r}/{USER_PLACEHOLDER!r} or a chat control token like '<|im_end|>'", df, s)
+                _fail(f, col, f"contains the reserved strings {ITEM_TOKEN!r}/{USER_TOKEN!r} or a chat control token like '<|im_end|>'", df, s)
 
     # --- interactions
     _require_columns(inter, INTERACTION_COLUMNS, fi)

@@ -12,8 +12,7 @@ A template is used for an example only when the example has every field it names
 import string
 from dataclasses import dataclass
 
-ITEM_PLACEHOLDER = "<item>"
-USER_PLACEHOLDER = "<user>"
+from modeling_ilm.configuration_ilm import ITEM_TOKEN, USER_TOKEN
 
 
 @dataclass(frozen=True)
@@ -147,7 +146,7 @@ def entity_title(titles, item_id):
     title = (titles or {}).get(item_id)
     if not title:
         raise ValueError(f"Item {item_id!r} has no title to render beside its placeholder.")
-    if ITEM_PLACEHOLDER in title or USER_PLACEHOLDER in title:
+    if ITEM_TOKEN in title or USER_TOKEN in title:
         raise ValueError(f"The title of item {item_id!r} ({title!r}) contains a placeholder; it cannot be shown beside one.")
     return title
 
@@ -164,7 +163,7 @@ def render(template, facts, titles=None):
                 continue
             value = facts[name]
             if isinstance(value, Ref):
-                placeholder = ITEM_PLACEHOLDER if value.kind == "item" else USER_PLACEHOLDER
+                placeholder = ITEM_TOKEN if value.kind == "item" else USER_TOKEN
                 if value.titled:
                     parts.append(", ".join(f"{entity_title(titles, i)} {placeholder}" for i in value.ids))
                 else:

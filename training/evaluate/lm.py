@@ -9,6 +9,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
+from modeling_ilm.constrained_decoding import GUIDE_WEIGHT
 from modeling_ilm.processing_ilm import normalize_title
 
 from .prompts import Prompt, as_text
@@ -20,11 +21,6 @@ def content_free_prompt(noun: str) -> Prompt:
     same for the ILM as for its frozen LLM."""
     article = "an" if noun[:1].lower() in "aeiou" else "a"
     return Prompt([{"role": "user", "content": f"Recommend {article} {noun}."}], [], [])
-
-
-# Weight of the ranking head's scores in head-guided constrained decoding, against the LLM's token
-# scores (chosen on the validation split: benchmarks/quality.md).
-GUIDE_WEIGHT = 100.0
 
 
 class ChatModel:

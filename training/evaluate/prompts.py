@@ -7,11 +7,11 @@ import re
 from dataclasses import dataclass
 
 from modeling_ilm import ILMProcessor
-from training.data.templates import ITEM_PLACEHOLDER, USER_PLACEHOLDER, get_template, items, render, user
+from training.data.templates import ITEM_TOKEN, USER_TOKEN, get_template, items, render, user
 
 CANDIDATE_TEMPLATE = "candidate_selection/0"  # seen in training; has {user}, {history}, {candidates}
 NEXT_ITEM_TEMPLATE = "next_item_title/0"  # seen in training; has {user}, {history}
-PLACEHOLDER = re.compile(f"{re.escape(ITEM_PLACEHOLDER)}|{re.escape(USER_PLACEHOLDER)}")
+PLACEHOLDER = re.compile(f"{re.escape(ITEM_TOKEN)}|{re.escape(USER_TOKEN)}")
 
 
 @dataclass
@@ -43,7 +43,7 @@ def phase2_prompt(row: dict) -> Prompt:
 def as_text(prompt: Prompt, titles: dict) -> Prompt:
     """Titles in place of <item> and user ids in place of <user>: the text-only baseline's prompt.
     An item already shown as "Title <item>" (titled rendering) becomes its title once."""
-    queues = {ITEM_PLACEHOLDER: iter(prompt.item_ids), USER_PLACEHOLDER: iter(prompt.user_ids)}
+    queues = {ITEM_TOKEN: iter(prompt.item_ids), USER_TOKEN: iter(prompt.user_ids)}
     messages = []
     for message in prompt.messages:
         content, text = message["content"], ""
@@ -51,7 +51,7 @@ def as_text(prompt: Prompt, titles: dict) -> Prompt:
         for match in PLACEHOLDER.finditer(content):
             text += content[end : match.start()]
             entity = next(queues[match.group()])
-            if match.group() == USER_PLACEHOLDER:
+            if match.group() == USER_TOKEN:
                 text += entity
             elif not text.endswith(f"{titles[entity]} "):
                 text += titles[entity]
@@ -66,7 +66,7 @@ def text_processor(tokenizer, catalog: dict) -> ILMProcessor:
     """An ILMProcessor around a plain LLM's tokenizer, for text-only prompts (chat template, padding,
     title matching). The placeholders are added to a copy; text prompts never contain them."""
     tokenizer = copy.deepcopy(tokenizer)
-    missing = [t for t in (ITEM_PLACEHOLDER, USER_PLACEHOLDER) if tokenizer.convert_tokens_to_ids(t) in (None, tokenizer.unk_token_id)]
+    missing = [t for t in (ITEM_TOKEN, USER_TOKEN) if tokenizer.convert_tokens_to_ids(t) in (None, tokenizer.unk_token_id)]
     if missing:
         tokenizer.add_special_tokens({"additional_special_tokens": missing})
     if tokenizer.pad_token is None:
