@@ -73,7 +73,7 @@ def bench_phase1(settings, data_dir, out, steps, warmup):
         pretrain.PretrainConfig, settings, "pretrain", data_dir=str(data_dir), output_dir=str(out / "phase1"),
         max_steps=warmup + steps, eval_steps=0, save_steps=10**6, logging_steps=10**6,
     )
-    trainer, _ = pretrain.build_trainer(config)
+    trainer = pretrain.build_trainer(config)[0]
     timer = StepTimer()
     trainer.add_callback(timer)
     trainer.train()

@@ -423,13 +423,13 @@ def add_card_arguments(parser):
     parser.add_argument("--results", help="evaluation results JSON (default: <model>/results.json)")
     parser.add_argument("--training-info", help="training info JSON (default: <model>/training_info.json)")
     parser.add_argument("--model-name", help="the card's own entry of the results' models")
-    parser.add_argument("--dataset", help="dataset name for the metadata (default movielens-100k)")
-    parser.add_argument("--license", default="apache-2.0")
+    parser.add_argument("--dataset-name", dest="dataset", help="dataset name for the metadata (default movielens-100k)")
+    parser.add_argument("--license", help="the card's license (a model: default apache-2.0; a dataset: the source data's terms)")
 
 
 def card_arguments(args) -> dict:
-    """The keyword arguments of `build_model_card` from options added by `add_card_arguments`."""
-    return {name: getattr(args, name) for name in CARD_OPTIONS}
+    """The keyword arguments of `build_model_card` from options added by `add_card_arguments` (unset ones left out)."""
+    return {name: getattr(args, name) for name in CARD_OPTIONS if getattr(args, name) is not None}
 
 
 def main(argv=None):

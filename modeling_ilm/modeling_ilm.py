@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
@@ -714,9 +715,15 @@ class ILMForConditionalGeneration(ILMPreTrainedModel, GenerationMixin):
         if not isinstance(config, ILMConfig):
             hub = {k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
             config = ILMConfig.from_pretrained(pretrained_model_name_or_path, **hub)
-        if not config.stores_language_model:
-            return cls._from_light_checkpoint(pretrained_model_name_or_path, config, **kwargs)
-        model = super().from_pretrained(pretrained_model_name_or_path, *args, config=config, **kwargs)
+        try:
+            if not config.stores_language_model:
+                return cls._from_light_checkpoint(pretrained_model_name_or_path, config, **kwargs)
+            model = super().from_pretrained(pretrained_model_name_or_path, *args, config=config, **kwargs)
+        except SafetensorError as err:  # its own message names no file
+            raise OSError(
+                f"The weights of {pretrained_model_name_or_path} cannot be read ({err}): the safetensors file is "
+                "truncated or corrupt. Save the model again, or download it again (force_download=True)."
+            ) from err
         for tensor in itertools.chain(model.parameters(), model.buffers()):
             # Memory-mapped safetensors can leave weights unaligned, and CPU kernels then round
             # differently: copy those, so a reloaded model gives bit-identical logits.
@@ -729,10 +736,24 @@ class ILMForConditionalGeneration(ILMPreTrainedModel, GenerationMixin):
     def _from_light_checkpoint(cls, path, config, **kwargs):
         """Loads trained weights from `path` and the frozen LLM from `config.text_model_name_or_path`.
 
-        Also takes a phase-1 (item encoder pretraining) checkpoint: its adapter starts fresh.
+        Also takes a phase-1 (item encoder pretraining) checkpoint: its adapter starts fresh. Takes the
+        Hub arguments, `dtype`, `attn_implementation` and a single-device `device_map` ("cpu", "cuda:0");
+        any other `from_pretrained` argument is refused by name rather than ignored.
         """
         from safetensors.torch import load_file
 
+        handled = {*HUB_KWARGS, "dtype", "attn_implementation", "device_map", "text_model_name_or_path", "trust_remote_code", "code_revision"}
+        # "_from_auto", adapter_kwargs (its top-level adapter lookup, empty here) & co are the Auto classes' own
+        unsupported = sorted(k for k in kwargs if k not in handled and not k.startswith("_") and k != "adapter_kwargs")
+        device = kwargs.get("device_map")
+        if device is not None and not (isinstance(device, (str, int, torch.device)) and str(device) != "auto"):
+            unsupported.append(f"device_map={device!r}")
+        if unsupported:
+            raise ValueError(
+                f"{path} is a light checkpoint (its LLM loads from {config.text_model_name_or_path!r}), which takes Hub "
+                f"arguments, dtype, attn_implementation and a one-device device_map; not {unsupported}. Load it without "
+                "them, or save a full folder (save_pretrained(dir)) to load with any from_pretrained argument."
+            )
         hub = {k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
         dtype = kwargs.get("dtype")
         dtype = torch.float32 if dtype in (None, "auto") else getattr(torch, dtype) if isinstance(dtype, str) else dtype
@@ -756,7 +777,7 @@ class ILMForConditionalGeneration(ILMPreTrainedModel, GenerationMixin):
         if unexpected:
             logger.info("Ignored weights not used for generation (phase-1 heads): %s", sorted(unexpected)[:8])
         model.generation_config = llm.generation_config
-        return model.to(dtype).eval()
+        return model.to(dtype).to(torch.device(device) if device is not None else model.device).eval()
 
 
 @dataclass

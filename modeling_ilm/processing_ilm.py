@@ -28,8 +28,8 @@ def normalize_title(text: str) -> str:
 
 
 ITEM_RENDERINGS = ("tokens", "title+tokens")
-# A literal inside a rendered prompt: text the user (or the catalog) supplied that must be tokenized as
-# plain text, never as a placeholder or a control token. Private-use code points no tokenizer emits.
+# A literal inside a rendered prompt: text the user supplied that must be tokenized as plain text, never
+# as a placeholder or a control token. Private-use code points, which no chat template emits.
 LITERAL = re.compile("\ue000(\\d+)\ue001")
 
 

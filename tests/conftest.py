@@ -1,4 +1,7 @@
-"""Tiny random components (seconds to build) shared by the unit tests, as in transformers' model testers."""
+"""Tiny random components (seconds to build) shared by the unit tests, as in transformers' model testers,
+and a data build of the generic fixture files."""
+
+from pathlib import Path
 
 import pytest
 import torch
@@ -31,6 +34,17 @@ def make_tokenizer():
     tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>"]})
     tokenizer.chat_template = CHATML
     return tokenizer
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    """`training.data build` of tests/fixtures/data/generic (tiny CF); modules needing other data override it."""
+    from training.data import build_dataset
+
+    source = Path(__file__).parent / "fixtures" / "data" / "generic"
+    out = tmp_path_factory.mktemp("data") / "data"
+    build_dataset(out, interactions=source / "interactions.csv", items=source / "items.csv", users=source / "users.csv", cf_dim=8, cf_iterations=3)
+    return out
 
 
 @pytest.fixture(scope="session")

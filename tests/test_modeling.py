@@ -1,6 +1,7 @@
 """ILMForConditionalGeneration on tiny random components: both adapter types through the same tests."""
 
 import os
+import re
 import textwrap
 
 import pytest
@@ -191,6 +192,20 @@ def test_loading_honours_attn_implementation(model, tmp_path, light):
     for attention in ("eager", "sdpa"):
         loaded = ILMForConditionalGeneration.from_pretrained(tmp_path, attn_implementation=attention)
         assert loaded.language_model.config._attn_implementation == attention
+    assert ILMForConditionalGeneration.from_pretrained(tmp_path, device_map="cpu", dtype=torch.bfloat16).dtype == torch.bfloat16
+    if light:  # what a light folder cannot honour is refused by name, never ignored
+        for bad in ({"device_map": "auto"}, {"low_cpu_mem_usage": True}):
+            with pytest.raises(ValueError, match="light checkpoint .*" + re.escape(str(list(bad)[0]))):
+                ILMForConditionalGeneration.from_pretrained(tmp_path, **bad)
+
+
+@pytest.mark.parametrize("light", [False, True])
+def test_a_truncated_weights_file_is_an_error_naming_the_folder(model, tmp_path, light):
+    model.save_pretrained(tmp_path, include_language_model=not light)
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(OSError, match=f"{tmp_path} cannot be read .*truncated or corrupt"):
+        ILMForConditionalGeneration.from_pretrained(tmp_path)
 
 
 def test_processor_calls_leave_the_tokenizer_as_it_was(processor):

@@ -505,6 +505,44 @@ def test_upload_with_token(fake_hub, folders, monkeypatch, tmp_path, capsys):
     assert "Published: https://huggingface.co/org/full" in capsys.readouterr().out
     whoami, create, upload = fake_hub.calls
     assert whoami == ("whoami",)
-    assert create == ("create_repo", "org/full", {"private": True, "exist_ok": True})
+    assert create == ("create_repo", "org/full", {"repo_type": "model", "private": True, "exist_ok": True})
     assert upload[1] == "org/full" and {"README.md", "model.safetensors", "modeling_ilm.py", "config.json"} <= set(upload[2])
     assert sorted(p.name for p in out.iterdir()) == upload[2]  # --out keeps exactly what was uploaded
+
+
+# --- the data build as a Hub dataset -----------------------------------------------------------------
+
+
+def test_data_build_publishes_as_a_dataset_that_loads_back(data_dir, tmp_path, capsys):
+    """One config per table, the CF embeddings beside them, a card with the source's terms; every
+    config loads back with `datasets.load_dataset` row for row."""
+    from datasets import load_dataset, load_from_disk
+
+    out = tmp_path / "ds"
+    publish_module.main(["--dataset", str(data_dir), "--repo-id", "you/ilm-data", "--dry-run", "--out", str(out), "--license", "cc-by-4.0"])
+    assert "Dry run OK" in capsys.readouterr().out
+    assert {"item_texts", "item_item", "user_item", "chats", "candidates", "interactions", "items", "cf", "README.md"} <= {p.name for p in out.iterdir()}
+    assert (out / "cf" / "embeddings.safetensors").is_file()
+    chats = load_dataset(str(out), "chats", cache_dir=str(tmp_path / "cache"))
+    built = load_from_disk(str(data_dir / "phase2"))
+    assert set(chats) == set(built) and chats["train"].to_list() == built["train"].to_list()
+    candidates = load_dataset(str(out), "candidates", split="test", cache_dir=str(tmp_path / "cache"))
+    stored = json.loads((data_dir / "candidates" / "test.json").read_text())
+    assert {row["user_id"]: row["candidates"] for row in candidates} == stored and all(r["target"] == r["candidates"][0] for r in candidates)
+    card = (out / "README.md").read_text()
+    assert "license: cc-by-4.0" in card and "config_name: item_texts" in card and 'load_dataset("you/ilm-data", "chats"' in card
+
+
+def test_movielens_builds_are_never_published_publicly(data_dir, tmp_path, fake_hub, monkeypatch):
+    """GroupLens' terms forbid redistribution: the card says so, and only a private upload is allowed."""
+    build = Path(shutil.copytree(data_dir, tmp_path / "ml"))
+    stats = json.loads((build / "stats.json").read_text())
+    (build / "stats.json").write_text(json.dumps({**stats, "source": {"name": "ml-100k (recbole==1.2.1)"}}))
+    monkeypatch.setenv("HF_TOKEN", "hf_test")
+    with pytest.raises(PublishError, match="MovieLens' terms forbid redistributing"):
+        publish_module.publish_dataset(build, "org/ml")
+    assert fake_hub.calls == []
+    publish_module.publish_dataset(build, "org/ml", private=True, out=tmp_path / "kept")
+    assert [c[2] for c in fake_hub.calls if c[0] == "create_repo"] == [{"repo_type": "dataset", "private": True, "exist_ok": True}]
+    card = (tmp_path / "kept" / "README.md").read_text()
+    assert "license_name: movielens-100k" in card and "not redistributed without separate permission" in card

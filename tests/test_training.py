@@ -15,20 +15,10 @@ from safetensors.torch import load_file
 from transformers import AutoModel
 
 from training.config import load_config, save_config
-from training.data import build_dataset
 from training.finetune import FinetuneConfig, build_model_and_processor, build_trainer, finetune, mixed_examples
-from training.pretrain import Phase1Examples, PretrainConfig, pretrain
+from training.data.phase1 import Phase1Data, Phase1Examples
+from training.pretrain import PretrainConfig, pretrain
 from training.trainer import last_checkpoint
-
-FIXTURE = Path(__file__).parent / "fixtures" / "data" / "generic"
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("data") / "data"
-    build_dataset(out, interactions=FIXTURE / "interactions.csv", items=FIXTURE / "items.csv", users=FIXTURE / "users.csv", cf_dim=8, cf_iterations=3)
-    return out
-
 
 @pytest.fixture(scope="module")
 def phase1_dir(tiny_components, data_dir, tmp_path_factory):
@@ -58,9 +48,10 @@ def test_config_files_sections_overrides_and_errors(tmp_path):
 
 
 def test_phase1_examples_draw_real_partners_and_likers(data_dir):
-    examples = Phase1Examples(data_dir, seed=0)
+    data = Phase1Data.load(data_dir)
+    examples = Phase1Examples(data, seed=0)
     pairs = load_from_disk(str(data_dir / "phase1"))["item_item_train"]
-    related = {(examples.item_row[a], examples.item_row[b]) for a, b in zip(pairs["item_id"], pairs["partner_id"])}
+    related = {(data.item_row[a], data.item_row[b]) for a, b in zip(pairs["item_id"], pairs["partner_id"])}
     related |= {(b, a) for a, b in related}
     for index in range(len(examples)):
         example = examples[index]
@@ -77,13 +68,13 @@ def test_phase1_draws_depend_on_seed_epoch_and_index_only(data_dir):
         loader = torch.utils.data.DataLoader(torch.utils.data.Subset(examples, order), batch_size=None, num_workers=workers)
         return {i: (int(e["partner_ids"]), int(e["user_ids"])) for i, e in zip(order, loader)}
 
-    examples = Phase1Examples(data_dir, seed=0)
+    examples = Phase1Examples(Phase1Data.load(data_dir), seed=0)
     first = draws(examples)
     assert draws(examples, workers=2) == first
     assert draws(examples, order=list(reversed(range(len(examples))))[: len(examples) // 2]).items() <= first.items()
     examples.set_epoch(1)
     assert draws(examples) != first
-    assert draws(Phase1Examples(data_dir, seed=1)) != first
+    assert draws(Phase1Examples(Phase1Data.load(data_dir), seed=1)) != first
 
 
 def test_resume_skips_checkpoints_killed_while_saving(tmp_path, caplog):

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from datasets import load_from_disk
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, TrainerCallback
 
 from modeling_ilm import ILMForItemTextPretraining
 from training import assets
+from training.data.phase1 import Phase1Collator, Phase1Data, Phase1Examples
 from training.config import config_from_cli
 from training.plots import plot_training_curves
 from training.retrieval import encoder_item_vectors, item_to_item_recall, item_to_text_recall
@@ -57,51 +57,6 @@ class PretrainConfig(TrainerSettings):
     eval_items: int | None = None  # cap on validation items for retrieval (None: all)
 
 
-class Phase1Examples(torch.utils.data.Dataset):
-    """One example per train item: its text, plus a related item and a user who liked it, drawn
-    afresh each epoch (pairs weighted by how often the two items were consumed together).
-
-    The draws are a function of (seed, epoch, index) alone: the same in any DataLoader worker or
-    process, and a run resumed mid-epoch (whose skipped batches are never loaded) draws what the
-    uninterrupted run drew. The Trainer sets the epoch (`set_epoch`, through `EpochCallback`)."""
-
-    def __init__(self, data_dir, seed=0):
-        data_dir = Path(data_dir)
-        id_maps = json.loads((data_dir / "cf" / "id_maps.json").read_text())
-        self.item_row = {item: row for row, item in enumerate(id_maps["item_ids"])}
-        self.user_row = {user: row for row, user in enumerate(id_maps["user_ids"])}
-        phase1 = load_from_disk(str(data_dir / "phase1"))
-        texts = phase1["item_text_train"]
-        self.items = [self.item_row[i] for i in texts["item_id"]]
-        self.texts = texts["text"]
-        self.partners, self.partner_weights, self.likers = {}, {}, {}
-        pairs = phase1["item_item_train"]
-        for a, b, count in zip(pairs["item_id"], pairs["partner_id"], pairs["count"]):
-            for x, y in ((a, b), (b, a)):  # stored once per unordered pair
-                self.partners.setdefault(self.item_row[x], []).append(self.item_row[y])
-                self.partner_weights.setdefault(self.item_row[x], []).append(count)
-        likes = phase1["user_item_train"]
-        for user, item in zip(likes["user_id"], likes["item_id"]):
-            self.likers.setdefault(self.item_row[item], []).append(self.user_row[user])
-        self.seed, self.epoch = seed, 0
-
-    def __len__(self):
-        return len(self.items)
-
-    def set_epoch(self, epoch: int):
-        self.epoch = int(epoch)
-
-    def __getitem__(self, index):
-        item, rng = self.items[index], np.random.default_rng([self.seed, self.epoch, index])
-        partner, user = -1, -1
-        if item in self.partners:
-            weights = np.asarray(self.partner_weights[item], dtype=float)
-            partner = int(rng.choice(self.partners[item], p=weights / weights.sum()))
-        if item in self.likers:
-            user = int(rng.choice(self.likers[item]))
-        return {"item_ids": item, "text": self.texts[index], "partner_ids": partner, "user_ids": user}
-
-
 class EpochCallback(TrainerCallback):
     """Tells the dataset which epoch starts (a resumed run starts inside the checkpoint's epoch)."""
 
@@ -110,17 +65,6 @@ class EpochCallback(TrainerCallback):
 
     def on_epoch_begin(self, args, state, control, **kwargs):
         self.dataset.set_epoch(math.floor(state.epoch or 0))
-
-
-class Phase1Collator:
-    def __init__(self, tokenizer, max_length):
-        self.text_tokenizer, self.max_length = tokenizer, max_length
-
-    def __call__(self, examples):
-        batch = self.text_tokenizer([e["text"] for e in examples], padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
-        for key in ("item_ids", "partner_ids", "user_ids"):
-            batch[key] = torch.tensor([e[key] for e in examples])
-        return dict(batch)
 
 
 class Phase1Trainer(ComponentLossTrainer):
@@ -140,22 +84,17 @@ class Phase1Trainer(ComponentLossTrainer):
         return metrics
 
 
-def make_phase1_eval(data_dir, tokenize, eval_items=None, batch_size=64):
+def make_phase1_eval(data: Phase1Data, tokenize, eval_items=None, batch_size=64):
     """Item->text Recall@1/@10 (validation items among all catalog texts), item-item Recall@10
     (held-out consecutive pairs among all items) and ITG loss on the validation items' texts."""
-    data_dir = Path(data_dir)
-    catalog = json.loads((data_dir / "catalog.json").read_text())["items"]
-    row = {item["item_id"]: i for i, item in enumerate(catalog)}
-    phase1 = load_from_disk(str(data_dir / "phase1"))
-    validation = phase1["item_text_validation"]
-    query_rows = [row[i] for i in validation["item_id"]][:eval_items]
-    texts = [item["text"] for item in catalog]
-    pairs = [(row[a], row[b]) for a, b in zip(phase1["item_item_validation"]["item_id"], phase1["item_item_validation"]["partner_id"])]
+    query_rows = data.item_rows(data.tables["item_text_validation"]["item_id"])[:eval_items]
+    texts = [item["text"] for item in data.items]
+    pairs = data.validation_pairs()
 
     @torch.no_grad()
     def evaluate(model):
         metrics = {f"item_text_{k}": v for k, v in item_to_text_recall(model, tokenize, query_rows, texts).items()}
-        vectors = encoder_item_vectors(model, len(catalog))
+        vectors = encoder_item_vectors(model, len(texts))
         metrics.update({f"item_item_{k}": v for k, v in item_to_item_recall(vectors, pairs).items()})
         losses = []
         for start in range(0, len(query_rows), batch_size):
@@ -168,14 +107,10 @@ def make_phase1_eval(data_dir, tokenize, eval_items=None, batch_size=64):
     return evaluate
 
 
-def als_item_item_recall(data_dir):
+def als_item_item_recall(data_dir, data: Phase1Data):
     """The same item-item retrieval straight from the raw ALS vectors: the encoder's input signal."""
-    data_dir = Path(data_dir)
-    vectors = load_file(str(data_dir / "cf" / "embeddings.safetensors"))["item_embeddings"]
-    catalog = json.loads((data_dir / "catalog.json").read_text())["items"]
-    row = {item["item_id"]: i for i, item in enumerate(catalog)}
-    pairs = load_from_disk(str(data_dir / "phase1"))["item_item_validation"]
-    return item_to_item_recall(vectors, [(row[a], row[b]) for a, b in zip(pairs["item_id"], pairs["partner_id"])])
+    vectors = load_file(str(Path(data_dir) / "cf" / "embeddings.safetensors"))["item_embeddings"]
+    return item_to_item_recall(vectors, data.validation_pairs())
 
 
 def build_model(config: PretrainConfig) -> ILMForItemTextPretraining:
@@ -198,31 +133,32 @@ def build_model(config: PretrainConfig) -> ILMForItemTextPretraining:
 
 
 def build_trainer(config: PretrainConfig):
-    """(trainer, Q-Former tokenizer): the phase-1 Trainer over the train items."""
+    """(trainer, Q-Former tokenizer, Phase1Data): the phase-1 Trainer over the train items."""
     model = build_model(config)
     tokenizer = AutoTokenizer.from_pretrained(assets.resolve_qformer(config.qformer))
 
     def tokenize(texts):
         return tokenizer(texts, padding=True, truncation=True, max_length=config.max_text_length, return_tensors="pt")
 
-    train_dataset = Phase1Examples(config.data_dir, seed=config.seed)
+    data = Phase1Data.load(config.data_dir)
+    train_dataset = Phase1Examples(data, seed=config.seed)
     trainer = Phase1Trainer(
         model=model,
         args=training_arguments(config),
         train_dataset=train_dataset,
-        eval_dataset=train_dataset if config.eval_steps else None,  # unused: evaluate() reads the catalog
+        eval_dataset=train_dataset if config.eval_steps else None,  # unused: evaluate() runs phase1_eval
         data_collator=Phase1Collator(tokenizer, config.max_text_length),
-        phase1_eval=make_phase1_eval(config.data_dir, tokenize, config.eval_items),
+        phase1_eval=make_phase1_eval(data, tokenize, config.eval_items),
         callbacks=[EpochCallback(train_dataset)],
     )
-    return trainer, tokenizer
+    return trainer, tokenizer, data
 
 
 def pretrain(config: PretrainConfig) -> dict:
     """Runs phase 1 end to end and returns its summary (also `output_dir/phase1_results.json`)."""
     start = time.time()
     output_dir = start_run(config, "pretrain_config.yaml")
-    trainer, tokenizer = build_trainer(config)
+    trainer, tokenizer, data = build_trainer(config)
     model = trainer.model
     resume = last_checkpoint(config.output_dir)
     if resume:
@@ -235,7 +171,7 @@ def pretrain(config: PretrainConfig) -> dict:
         "steps": trainer.state.global_step,
         "time_s": round(time.time() - start, 1),
         "metrics": {k.removeprefix("eval_"): v for k, v in final_metrics.items()},
-        "als_item_item": als_item_item_recall(config.data_dir),
+        "als_item_item": als_item_item_recall(config.data_dir, data),
         "chance_recall@10": 10 / model.config.num_items,
         "log_history": trainer.state.log_history,
     }

@@ -251,6 +251,59 @@ def publish(model_dir, repo_id: str, *, private: bool = False, dry_run: bool = F
     the folder is then removed again). Card options (`model_name`, `dataset`, `license`) go to
     `model_cards.build_model_card` when the card is generated (see `assemble`).
     """
+
+    def build(staging):
+        skipped = assemble(model_dir, staging, repo_id=repo_id, results=results, training_info=training_info, **card_kwargs)
+        if skipped:
+            print(f"Left out (not plain files of the model folder): {', '.join(skipped)}")
+        validate(staging, source=model_dir)
+
+    return publish_folder(build, repo_id, "model", private=private, dry_run=dry_run, out=out)
+
+
+def publish_dataset(data_dir, repo_id: str, *, private: bool = False, dry_run: bool = False, out=None, license=None) -> str | None:
+    """A data build (`python -m training.data build`) as a Hub dataset: one config per table
+    (`training.data.hub`), a dataset card stating the source data's terms, loaded back with
+    `datasets.load_dataset` before anything is uploaded. Returns as `publish` does."""
+    from model_cards.dataset_card import is_movielens, write_dataset_card
+    from training.data.hub import export_dataset
+
+    stats = read_json(Path(data_dir) / "stats.json")
+    if stats is None:
+        raise PublishError(f"{data_dir} has no stats.json: not a data build (python -m training.data build ... --out DIR).")
+    if is_movielens(stats) and not private and not dry_run:
+        raise PublishError(
+            "MovieLens' terms forbid redistributing the data (derived tables included) without GroupLens' permission: "
+            "publish it with --private, or build from data you may share."
+        )
+
+    def build(staging):
+        rows = export_dataset(data_dir, staging)
+        write_dataset_card(staging, rows, data_dir, repo_id, license)
+        validate_dataset(staging, rows)
+
+    return publish_folder(build, repo_id, "dataset", private=private, dry_run=dry_run, out=out)
+
+
+def validate_dataset(folder: Path, rows: dict):
+    """Every config loads with `datasets.load_dataset(folder, config)` with the build's row counts,
+    and nothing in the folder unpickles."""
+    from datasets import load_dataset
+
+    unsafe = unsafe_files(folder)
+    if unsafe:
+        raise PublishError(f"The dataset folder holds files that cannot be published: {unsafe}.")
+    with tempfile.TemporaryDirectory(prefix="ilm-dataset-check-") as cache:
+        for name, splits in rows.items():
+            loaded = load_dataset(str(folder), name, cache_dir=cache)
+            got = {split: loaded[split].num_rows for split in loaded}
+            if got != splits:
+                raise PublishError(f"Config {name!r} loads as {got} but the build has {splits}.")
+
+
+def publish_folder(build, repo_id: str, repo_type: str, *, private: bool, dry_run: bool, out) -> str | None:
+    """`build(staging)` fills and validates a staging folder; then upload (unless `dry_run`) and keep
+    it as `out`. The staging folder is removed on any failure."""
     if not HUB_ID.fullmatch(repo_id):
         raise PublishError(f"--repo-id must look like org/name, got {repo_id!r}.")
     out = Path(out) if out else None
@@ -261,18 +314,15 @@ def publish(model_dir, repo_id: str, *, private: bool = False, dry_run: bool = F
     # Next to --out, so that the final move is a rename on the same file system.
     staging = Path(tempfile.mkdtemp(prefix=".ilm-publish-", dir=out.parent if out else None))
     try:
-        skipped = assemble(model_dir, staging, repo_id=repo_id, results=results, training_info=training_info, **card_kwargs)
-        if skipped:
-            print(f"Left out (not plain files of the model folder): {', '.join(skipped)}")
-        validate(staging, source=model_dir)
+        build(staging)
         print(f"Validated: {', '.join(sorted(p.name for p in staging.iterdir()))}")
         if dry_run:
             result = str(out) if out else None
         else:
             api = HfApi()
             user = hub_user(api)
-            url = api.create_repo(repo_id, private=private, exist_ok=True)
-            api.upload_folder(repo_id=repo_id, folder_path=staging, commit_message=f"Upload ILM model (by {user})")
+            url = api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
+            api.upload_folder(repo_id=repo_id, repo_type=repo_type, folder_path=staging, commit_message=f"Upload ILM {repo_type} (by {user})")
             result = str(url)
         if out:
             if out.exists():  # empty, checked above
@@ -315,7 +365,9 @@ def lay_into_hf_cache(folder, repo_id: str, cache_dir=None) -> Path:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="a saved ILM folder (full or light)")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--model", help="a saved ILM folder (full or light)")
+    what.add_argument("--dataset", dest="data_dir", help="a data build (python -m training.data build ... --out DIR): published as a Hub dataset")
     parser.add_argument("--repo-id", required=True, help="org/name on the Hub")
     parser.add_argument("--private", action="store_true", help="create the repository as private")
     parser.add_argument("--dry-run", action="store_true", help="build and validate only, no network")
@@ -323,7 +375,10 @@ def main(argv=None):
     add_card_arguments(parser)  # used when the folder has no card of its own (or a generated one)
     args = parser.parse_args(argv)
     try:
-        result = publish(args.model, args.repo_id, private=args.private, dry_run=args.dry_run, out=args.out, **card_arguments(args))
+        if args.data_dir:
+            result = publish_dataset(args.data_dir, args.repo_id, private=args.private, dry_run=args.dry_run, out=args.out, license=args.license)
+        else:
+            result = publish(args.model, args.repo_id, private=args.private, dry_run=args.dry_run, out=args.out, **card_arguments(args))
     except PublishError as e:
         sys.exit(f"error: {e}")
     if args.dry_run:
