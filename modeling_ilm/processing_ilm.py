@@ -216,6 +216,14 @@ class ILMProcessor(ProcessorMixin):
                 **tokenizer_kwargs,
             )
         data = {"input_ids": encoding["input_ids"], "attention_mask": encoding["attention_mask"]}
+        for i, ids in enumerate(data["input_ids"]):  # e.g. truncation=True may cut a placeholder run
+            for kind, token_id in (("item", self.item_token_id), ("user", self.user_token_id)):
+                expected = len(entity_ids[kind][i]) * self.num_query_tokens
+                if ids.count(token_id) != expected:
+                    raise ValueError(
+                        f"Example {i} tokenizes to {ids.count(token_id)} {kind} tokens where its {len(entity_ids[kind][i])} "
+                        f"{kind}_ids need {expected}: truncation (max_length) cut into them. Raise max_length or shorten the prompt."
+                    )
         for kind in ("item", "user"):
             width = max([len(row) for row in entity_ids[kind]] + [0])
             if width:

@@ -239,6 +239,8 @@ def edited_fixture(tmp_path, table, edit):
         ("items", lambda t: t.replace("2,Light Paper", "1,Light Paper"), "column 'item_id' has duplicate ids"),
         ("interactions", lambda t: t.replace("u1,2,4,200", "u1,999,4,200"), "names items not in the items table"),
         ("interactions", lambda t: t.splitlines()[0] + "\n", "table is empty"),
+        ("interactions", lambda t: "", "the file is empty; it needs a header row"),
+        ("interactions", lambda t: t + "u1,3,5,300,extra\n", "not valid ','-separated values"),
         ("interactions", lambda t: t.replace("timestamp", "time"), "missing column(s) ['timestamp']"),
     ],
 )
@@ -249,6 +251,17 @@ def test_bad_data_files_name_file_column_and_row(tmp_path, table, edit, message)
         build_dataset(out, **files)
     assert str(files[table]) in str(failure.value)
     assert not out.exists() and not (tmp_path / "data.partial").exists()
+
+
+def test_a_file_that_is_not_utf8_or_not_parquet_is_named(tmp_path):
+    files = edited_fixture(tmp_path, None, lambda t: t)
+    files["items"].write_bytes(files["items"].read_bytes().replace(b"Harbor", b"Harb\xf6r"))  # latin-1, not UTF-8
+    with pytest.raises(DataValidationError, match=re.escape(f"{files['items']}: not UTF-8 text")):
+        build_dataset(tmp_path / "data", **files)
+    fake = tmp_path / "items.parquet"
+    fake.write_text("item_id,title\n1,x\n")
+    with pytest.raises(DataValidationError, match=re.escape(f"{fake}: not a readable parquet file")):
+        build_dataset(tmp_path / "data", **{**files, "items": fake})
 
 
 def test_every_user_with_one_interaction(tmp_path):

@@ -247,3 +247,11 @@ def test_escaped_placeholders_are_literal_text_and_user_text_never_holds_control
     assert out["attention_mask"][1, 0] == 0 and out["attention_mask"][0].all()  # and padded like any batch
     with pytest.raises(ValueError, match="cannot be combined with literal text"):
         processor(text="a \\<item>", truncation=True, max_length=8)
+
+
+def test_truncation_that_cuts_into_item_tokens_is_an_error(processor):
+    chat = [{"role": "user", "content": "hello world , my name is <item> ."}]
+    full = processor(messages=chat, item_ids=["1"])["input_ids"].shape[1]
+    assert processor(messages=chat, item_ids=["1"], truncation=True, max_length=full)["input_ids"].shape[1] == full
+    with pytest.raises(ValueError, match="Example 0 tokenizes to .* item tokens where its 1 item_ids need 3: truncation"):
+        processor(messages=chat, item_ids=["1"], truncation=True, max_length=full - 6)

@@ -77,6 +77,20 @@ def test_phase1_draws_depend_on_seed_epoch_and_index_only(data_dir):
     assert draws(Phase1Examples(Phase1Data.load(data_dir), seed=1)) != first
 
 
+def test_a_results_file_killed_while_written_keeps_its_previous_content(tmp_path):
+    """Stage markers (phase1/phase2_results.json, results.json, timings.json) are written atomically:
+    SIGKILL in the middle of writing one leaves the old file whole and no half-written one."""
+    target = tmp_path / "results.json"
+    target.write_text('{"old": true}')
+    code = "import sys; from training.atomic import write_text_atomic; write_text_atomic(sys.argv[1], 'x' * 400_000_000)"
+    writer = subprocess.Popen([sys.executable, "-c", code, str(target)])
+    while not list(tmp_path.glob(".results.json.*.tmp")) and writer.poll() is None:
+        pass
+    writer.send_signal(signal.SIGKILL)
+    assert writer.wait() == -signal.SIGKILL
+    assert target.read_text() == '{"old": true}'
+
+
 def test_resume_skips_checkpoints_killed_while_saving(tmp_path, caplog):
     for step, state in ((2, "{}"), (4, '{"global_step": 4'), (10, None)):  # complete; truncated state; no state yet
         (tmp_path / f"checkpoint-{step}").mkdir()

@@ -24,6 +24,7 @@ from safetensors.torch import load_file
 
 from modeling_ilm import ILMForConditionalGeneration, ILMProcessor
 from training import assets
+from training.atomic import write_text_atomic
 from training.config import config_from_cli
 from training.plots import plot_training_curves
 from training.trainer import ComponentLossTrainer, TrainerSettings, is_main_process, last_checkpoint, start_run, training_arguments
@@ -351,7 +352,7 @@ def finetune(config: FinetuneConfig) -> dict:
         model.save_pretrained(model_dir)
         processor.save_pretrained(model_dir)
         plot_training_curves(trainer.state.log_history, model_dir / "training_curves.png", f"Phase 2 ({config.name})")
-        (output_dir / "phase2_results.json").write_text(json.dumps(summary, indent=2))
+        write_text_atomic(output_dir / "phase2_results.json", json.dumps(summary, indent=2))  # the stage's "done" marker
     return summary
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from training import assets
+from training.atomic import write_text_atomic
 from training.config import read_config_file
 
 logger = logging.getLogger("training.main")
@@ -98,7 +99,7 @@ def run(preset: str, out: str, seed: int = 0) -> dict:
     with stage("demo", timings):
         demo(model_dir, data_dir)
 
-    (out / "timings.json").write_text(json.dumps(timings, indent=2))
+    write_text_atomic(out / "timings.json", json.dumps(timings, indent=2))
     print("\n| stage | seconds |\n|---|---|")
     for name, seconds in timings.items():
         print(f"| {name} | {seconds} |")

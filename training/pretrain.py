@@ -21,8 +21,9 @@ from transformers import AutoTokenizer, TrainerCallback
 
 from modeling_ilm import ILMForItemTextPretraining
 from training import assets
-from training.data.phase1 import Phase1Collator, Phase1Data, Phase1Examples
+from training.atomic import write_text_atomic
 from training.config import config_from_cli
+from training.data.phase1 import Phase1Collator, Phase1Data, Phase1Examples
 from training.plots import plot_training_curves
 from training.retrieval import encoder_item_vectors, item_to_item_recall, item_to_text_recall
 from training.trainer import ComponentLossTrainer, TrainerSettings, is_main_process, last_checkpoint, start_run, training_arguments
@@ -179,7 +180,7 @@ def pretrain(config: PretrainConfig) -> dict:
         model.save_pretrained(output_dir / "final")  # safetensors + config only (no pickled Trainer state)
         tokenizer.save_pretrained(output_dir / "final" / "qformer_tokenizer")
         plot_training_curves(trainer.state.log_history, output_dir / "training_curves.png", f"Phase 1 (ILM-{config.variant})")
-        (output_dir / "phase1_results.json").write_text(json.dumps(summary, indent=2))
+        write_text_atomic(output_dir / "phase1_results.json", json.dumps(summary, indent=2))  # the stage's "done" marker
     return summary
 
 

@@ -44,12 +44,23 @@ def read_table(path):
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        return pd.read_parquet(path)
-    if suffix in (".csv", ".tsv", ".tab", ".txt"):
-        sep = "," if suffix == ".csv" else "\t"
+    if suffix not in (".parquet", ".csv", ".tsv", ".tab", ".txt"):
+        raise DataValidationError(f"{path}: unsupported file type '{suffix}' (use .csv, .tsv or .parquet)")
+    sep = "," if suffix == ".csv" else "\t"
+    try:
+        if suffix == ".parquet":
+            return pd.read_parquet(path)
         return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_values=[""])
-    raise DataValidationError(f"{path}: unsupported file type '{suffix}' (use .csv, .tsv or .parquet)")
+    except pd.errors.EmptyDataError as err:
+        raise DataValidationError(f"{path}: the file is empty; it needs a header row and data rows.") from err
+    except pd.errors.ParserError as err:  # e.g. a row with more fields than the header
+        raise DataValidationError(f"{path}: not valid {sep!r}-separated values ({str(err).strip()}); fix that row.") from err
+    except UnicodeDecodeError as err:
+        raise DataValidationError(f"{path}: not UTF-8 text (byte {err.object[err.start:err.start + 1]!r} at offset {err.start}); save it as UTF-8.") from err
+    except (OSError, ValueError) as err:
+        if suffix != ".parquet" or isinstance(err, PermissionError):
+            raise
+        raise DataValidationError(f"{path}: not a readable parquet file ({err}).") from err
 
 
 def load_generic(interactions, items, users=None):

@@ -26,12 +26,12 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 
 from training.assets import cache_dir as cache_root
+from training.atomic import write_text_atomic
 from training.data.templates import get_template
 
 from .lm import content_free_prompt
@@ -143,16 +143,7 @@ def store(folder, key, result, parts=None) -> Path:
         "parts": parts,
         "result": result,
     }
-    path = folder / f"{key}.json"
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{key[:16]}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(entry, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text_atomic(folder / f"{key}.json", json.dumps(entry, indent=1))
 
 
 def cached(key, compute, cache_dir=None, parts=None, what="text baseline", on_hit=None):

@@ -21,6 +21,8 @@ cache (cache.py) has the timing_s of the run that computed it.
 import json
 from pathlib import Path
 
+from training.atomic import write_text_atomic
+
 ALIGNMENT = {"title_exact_match": "title EM", "genre_f1": "genre F1", "year_accuracy": "year acc.", "semantic_consistency": "semantic"}
 TABLES = {
     "Recommendation": [
@@ -152,6 +154,6 @@ def write_report(results: dict, out_dir) -> tuple:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out_dir / "results.json", out_dir / "results.md"
-    json_path.write_text(json.dumps(results, indent=2))
-    md_path.write_text(to_markdown(results))
+    write_text_atomic(json_path, json.dumps(results, indent=2))  # a killed evaluation leaves no half results.json
+    write_text_atomic(md_path, to_markdown(results))
     return json_path, md_path
