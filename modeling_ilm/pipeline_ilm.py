@@ -9,8 +9,8 @@ package is not installed:
     # {"generated_text": "...", "item_id": "..." or None, "title": ... or None}
 
 `recommend=True` decodes among the catalog's titles (or `candidates=[ids]`' titles), following the
-ranking head's scores where the model has one, so the answer always names an item (items the prompt
-already holds are left out); otherwise the LLM answers freely (greedy by default) and the answer is
+ranking head's scores where the model has one (which also leaves out the items the prompt holds), so
+the answer always names an item; otherwise the LLM answers freely (greedy by default) and the answer is
 matched to the catalog afterwards. Several chats: pass a list of `{"messages", "item_ids", "user_ids"}`.
 """
 
