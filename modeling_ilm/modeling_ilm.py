@@ -7,9 +7,7 @@ The layout follows transformers' BLIP-2 and LLaVA: the Q-Former layers are trans
 """
 
 import copy
-import itertools
 import math
-import os
 from dataclasses import dataclass
 
 import torch
@@ -19,9 +17,22 @@ from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutput, CausalLMOutputWithPast
 from transformers.models.blip_2.modeling_blip_2 import Blip2QFormerModel, Blip2TextEmbeddings
-from transformers.utils import ModelOutput, cached_file, logging
+from transformers.utils import ModelOutput, logging
 
 from .configuration_ilm import ILMConfig
+from .contrastive_ilm import gather_rows, info_nce, pool_queries, process_group, sample_hard_negatives
+from .loading_ilm import (
+    aligned,
+    build_generation_model,
+    build_pretraining_model,
+    hub_kwargs,
+    load_light_checkpoint,
+    load_llm_adapter,
+    save_llm_adapter,
+    trained_state_dict,
+    unreadable_weights,
+    with_lora,
+)
 from .pipeline_ilm import ILMPipeline  # noqa: F401  (named by config.custom_pipelines: saved folders carry it)
 
 logger = logging.get_logger(__name__)
@@ -30,12 +41,6 @@ logger = logging.get_logger(__name__)
 ENCODER_MODES = ("query", "text", "multimodal", "causal")
 # Inputs that only the prefill step of generation needs: later steps read the KV cache.
 ENTITY_INPUTS = ("item_ids", "user_ids", "item_embeds", "user_embeds", "item_tokens", "user_tokens")
-# A BERT-family config's fields that shape the Q-Former initialised from it.
-QFORMER_FROM_BERT = (
-    "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-    "hidden_act", "max_position_embeddings", "layer_norm_eps", "pad_token_id",
-)
-HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
 
 
 @dataclass
@@ -310,9 +315,35 @@ class ILMPreTrainedModel(PreTrainedModel):
 
 
 class ILMForConditionalGeneration(ILMPreTrainedModel, GenerationMixin):
-    """Item encoder + adapter + frozen causal LM. Only the encoder and adapter have gradients."""
+    """Item encoder + adapter + frozen causal LM. Only the encoder and adapter have gradients.
+
+    Each `<item>` / `<user>` in a prompt becomes `num_query_tokens` placeholder tokens (the
+    processor expands them), which `forward` fills with the item tokens that the Q-Former (or the
+    MLP adapter) makes from the entity's CF embedding; a prompt without placeholders reaches the LLM
+    unchanged. With `config.ranking_head`, `score_items` also ranks catalog items for a prompt.
+
+    Example:
+
+    ```python
+    >>> from transformers import AutoModel, AutoProcessor
+
+    >>> model = AutoModel.from_pretrained("runs/ml100k/model", trust_remote_code=True)
+    >>> processor = AutoProcessor.from_pretrained("runs/ml100k/model", trust_remote_code=True)
+    >>> chat = [{"role": "user", "content": "I liked <item> and <item>. What should I watch next?"}]
+    >>> inputs = processor(messages=chat, item_ids=["50", "181"])  # catalog ids, one per <item>
+    >>> output = model.generate(**inputs, max_new_tokens=24, do_sample=False)
+    >>> answer = processor.decode(output[0, inputs["input_ids"].shape[1] :])
+    >>> item_id = processor.match_item(answer)  # the catalog item it names, or None
+    >>> scores = model.score_items(**inputs)  # (1, num_items), with a ranking head
+    >>> top = [processor.catalog["items"][row]["title"] for row in scores[0].topk(5).indices.tolist()]
+    ```
+    """
+
+    save_language_model = True  # what save_pretrained does by default (see there)
 
     def __init__(self, config: ILMConfig, language_model: PreTrainedModel | None = None):
+        """`language_model`: the frozen causal LM (built from `config.text_config` with random weights
+        when None, as `from_pretrained` does before loading); `from_components` builds from pretrained parts."""
         super().__init__(config)
         self._build_item_encoder(config)
         llm_hidden = config.text_config.hidden_size
@@ -328,7 +359,7 @@ class ILMForConditionalGeneration(ILMPreTrainedModel, GenerationMixin):
         self.item_scorer = ILMItemScorer(config) if config.ranking_head else None
         self.language_model = language_model or AutoModelForCausalLM.from_config(config.text_config)
         if config.lora_config:
-            self.language_model = _with_lora(self.language_model, config.lora_config)
+            self.language_model = with_lora(self.language_model, config.lora_config)
         self.post_init()
         self.freeze_language_model()
 
@@ -343,7 +374,7 @@ class ILMForConditionalGeneration(ILMPreTrainedModel, GenerationMixin):
         if self.config.lora_config:
             raise ValueError("LoRA is already enabled on this model.")
         self.config.lora_config = lora_config
-        self.language_model = _with_lora(self.language_model, lora_config)
+        self.language_model = with_lora(self.language_model, lora_config)
         self.freeze_language_model()
 
     def enable_ranking_head(self, ranking_dim: int | None = None, ranking_loss_weight: float | None = None, item_similarity: bool | None = None):
@@ -361,14 +392,17 @@ class ILMForConditionalGeneration(ILMPreTrainedModel, GenerationMixin):
         self.item_scorer.apply(self._init_weights)
 
     def train(self, mode: bool = True):
+        """As `nn.Module.train`, but the frozen LLM always stays in eval mode."""
         super().train(mode)
         self.language_model.eval()  # frozen means no dropout either
         return self
 
     def get_input_embeddings(self):
+        """The LLM's token embeddings (placeholder positions are overwritten by item tokens in `forward`)."""
         return self.language_model.get_input_embeddings()
 
     def get_output_embeddings(self):
+        """The LLM's LM head."""
         return self.language_model.get_output_embeddings()
 
     # --- item and user tokens -------------------------------------------------------------------
@@ -390,59 +424,68 @@ class ILMForConditionalGeneration(ILMPreTrainedModel, GenerationMixin):
         return self.encode_cf(self.cf_vectors("item", item_ids, item_embeds)).to(self.language_model.dtype)
 
     def get_user_tokens(self, user_ids=None, user_embeds=None) -> torch.Tensor:
+        """User tokens `(N, num_query_tokens, llm_hidden)` from table ids `(N,)` or raw CF vectors `(N, cf_dim)`."""
         return self.encode_cf(self.cf_vectors("user", user_ids, user_embeds), is_user=True).to(self.language_model.dtype)
 
-    def _entity_tokens(self, kind, input_ids, ids, embeds, tokens):
-        """Tokens for every `<kind>` placeholder of the batch, in row-major order, or None."""
+    def get_placeholder_mask(self, input_ids: torch.LongTensor, kind: str = "item") -> torch.BoolTensor:
+        """`(batch_size, sequence_length)`: True where `input_ids` holds a `<kind>` placeholder token
+        (`kind`: "item" or "user"; each entity has `num_query_tokens` of them, in a run)."""
         token_id = getattr(self.config, f"{kind}_token_id")
-        given = [name for name, value in ((f"{kind}_ids", ids), (f"{kind}_embeds", embeds), (f"{kind}_tokens", tokens)) if value is not None]
+        return input_ids == token_id if token_id is not None else torch.zeros_like(input_ids, dtype=torch.bool)
+
+    def get_placeholder_tokens(self, kind: str, placeholder_mask: torch.BoolTensor, ids=None, embeds=None, tokens=None) -> torch.Tensor | None:
+        """The tokens that fill `placeholder_mask` (`get_placeholder_mask`), `(num_entities,
+        num_query_tokens, llm_hidden)` in row-major order, from exactly one of `ids` (CF-table rows,
+        `(batch_size, max_entities)`, -1 pads), `embeds` (`(batch_size, max_entities, cf_dim)`) or
+        `tokens` (`(batch_size, max_entities, num_query_tokens, llm_hidden)`); one unbatched row may
+        drop the batch dimension. None when none is given and the input has no such placeholders."""
+        given = [(name, value) for name, value in (("ids", ids), ("embeds", embeds), ("tokens", tokens)) if value is not None]
         if len(given) > 1:
-            raise ValueError(f"Pass only one of {given}.")
-        placeholders = (input_ids == token_id).sum(-1) if token_id is not None else torch.zeros_like(input_ids[:, 0])
+            raise ValueError(f"Pass only one of {[f'{kind}_{name}' for name, _ in given]}.")
+        counts = placeholder_mask.sum(-1).tolist()  # the one host sync of the checks below
         if not given:
-            if placeholders.any():
+            if any(counts):
                 raise ValueError(
-                    f"The input has {int(placeholders.sum())} {kind} placeholder tokens but no `{kind}_ids`, "
+                    f"The input has {sum(counts)} {kind} placeholder tokens but no `{kind}_ids`, "
                     f"`{kind}_embeds` or `{kind}_tokens` were given."
                 )
             return None
         queries = self.config.num_query_tokens
-        if (placeholders % queries).any():
+        if any(count % queries for count in counts):
             raise ValueError(
                 f"Each {getattr(self.config, f'{kind}_token')} must be expanded to {queries} placeholder tokens "
-                "(ILMProcessor does this); found counts per row that are not a multiple of it: "
-                f"{placeholders.tolist()}."
+                f"(ILMProcessor does this); found counts per row that are not a multiple of it: {counts}."
             )
-        per_row = placeholders // queries
-        value = ids if ids is not None else embeds if embeds is not None else tokens
+        name, value = given[0]
+        selected = self._entities_in_rows(f"{kind}_{name}", value, [count // queries for count in counts])
+        if name == "tokens":
+            return selected
+        get_tokens = self.get_item_tokens if kind == "item" else self.get_user_tokens
+        return get_tokens(**{f"{kind}_{name}": selected})
+
+    def _entities_in_rows(self, name: str, value, per_row: list) -> torch.Tensor:
+        """The entries of `value` (ids, CF vectors or tokens per row) that `per_row` placeholders use, row-major."""
+        kind, what = name.split("_")
         if not torch.is_tensor(value):
-            raise TypeError(f"{given[0]} must be a torch tensor (ILMProcessor returns one), got {type(value).__name__}.")
-        if ids is not None and (ids.dtype.is_floating_point or ids.dtype == torch.bool):
-            raise TypeError(f"{kind}_ids must hold integer CF-table rows, got dtype {ids.dtype}.")
-        hidden = self.config.text_config.hidden_size
-        if tokens is not None and tuple(tokens.shape[-2:]) != (queries, hidden):
-            raise ValueError(f"{kind}_tokens has shape {tuple(tokens.shape)}; each entity needs ({queries}, {hidden}) (get_{kind}_tokens gives them).")
-        if value.ndim == (1 if ids is not None else 2 if embeds is not None else 3):
+            raise TypeError(f"{name} must be a torch tensor (ILMProcessor returns one), got {type(value).__name__}.")
+        if what == "ids" and (value.dtype.is_floating_point or value.dtype == torch.bool):
+            raise TypeError(f"{name} must hold integer CF-table rows, got dtype {value.dtype}.")
+        queries, hidden = self.config.num_query_tokens, self.config.text_config.hidden_size
+        if what == "tokens" and tuple(value.shape[-2:]) != (queries, hidden):
+            raise ValueError(f"{name} has shape {tuple(value.shape)}; each entity needs ({queries}, {hidden}) (get_{kind}_tokens gives them).")
+        if value.ndim == {"ids": 1, "embeds": 2, "tokens": 3}[what]:
             value = value.unsqueeze(0)  # one unbatched row
-        if value.shape[0] != input_ids.shape[0]:
-            raise ValueError(f"{given[0]} has {value.shape[0]} rows but input_ids has {input_ids.shape[0]}.")
-        slots = torch.arange(value.shape[1], device=value.device)[None, :]
-        valid = slots < per_row.to(value.device)[:, None]
-        if ids is not None:
-            given_per_row = (value >= 0).sum(-1)  # -1 pads rows with fewer entities
-            if not torch.equal(given_per_row.cpu(), per_row.cpu()) or not torch.equal((value >= 0), valid):
-                raise ValueError(
-                    f"{kind} placeholders per row {per_row.tolist()} do not match the {kind}_ids given per row "
-                    f"{given_per_row.tolist()} (pad with -1 at the end of a row)."
-                )
-        elif value.shape[1] < int(per_row.max()):
-            raise ValueError(f"{given[0]} has {value.shape[1]} slots per row but a row has {int(per_row.max())} placeholders.")
-        selected = value[valid]
-        if ids is not None:
-            return self.get_item_tokens(item_ids=selected) if kind == "item" else self.get_user_tokens(user_ids=selected)
-        if embeds is not None:
-            return self.get_item_tokens(item_embeds=selected) if kind == "item" else self.get_user_tokens(user_embeds=selected)
-        return selected
+        if value.shape[0] != len(per_row):
+            raise ValueError(f"{name} has {value.shape[0]} rows but input_ids has {len(per_row)}.")
+        valid = torch.arange(value.shape[1], device=value.device)[None, :] < torch.tensor(per_row, device=value.device)[:, None]
+        if what != "ids" and value.shape[1] < max(per_row):
+            raise ValueError(f"{name} has {value.shape[1]} slots per row but a row has {max(per_row)} placeholders.")
+        if what == "ids" and (value.shape[1] < max(per_row) or not torch.equal(value >= 0, valid)):  # -1 pads rows, at their end
+            raise ValueError(
+                f"{kind} placeholders per row {per_row} do not match the {name} given per row "
+                f"{(value >= 0).sum(-1).tolist()} (pad with -1 at the end of a row)."
+            )
+        return value[valid]
 
     # --- forward and generation -----------------------------------------------------------------
 
@@ -494,18 +537,15 @@ class ILMForConditionalGeneration(ILMPreTrainedModel, GenerationMixin):
             )
         new_item_tokens = new_user_tokens = None
         if inputs_embeds is None:
-            placeholder = torch.zeros_like(input_ids, dtype=torch.bool)
-            for token_id in (self.config.item_token_id, self.config.user_token_id):
-                if token_id is not None:
-                    placeholder |= input_ids == token_id
+            item_mask, user_mask = self.get_placeholder_mask(input_ids, "item"), self.get_placeholder_mask(input_ids, "user")
+            placeholder = item_mask | user_mask
             # Placeholder ids may lie outside the LLM vocabulary: look up a real id, then overwrite.
             inputs_embeds = self.get_input_embeddings()(input_ids.masked_fill(placeholder, 0))
-            new_item_tokens = self._entity_tokens("item", input_ids, item_ids, item_embeds, item_tokens)
-            new_user_tokens = self._entity_tokens("user", input_ids, user_ids, user_embeds, user_tokens)
-            for kind, tokens in (("item", new_item_tokens), ("user", new_user_tokens)):
+            new_item_tokens = self.get_placeholder_tokens("item", item_mask, item_ids, item_embeds, item_tokens)
+            new_user_tokens = self.get_placeholder_tokens("user", user_mask, user_ids, user_embeds, user_tokens)
+            for mask, tokens in ((item_mask, new_item_tokens), (user_mask, new_user_tokens)):
                 if tokens is not None:
-                    mask = (input_ids == getattr(self.config, f"{kind}_token_id")).unsqueeze(-1)
-                    inputs_embeds = inputs_embeds.masked_scatter(mask.to(inputs_embeds.device), tokens.to(inputs_embeds.dtype))
+                    inputs_embeds = inputs_embeds.masked_scatter(mask.unsqueeze(-1).to(inputs_embeds.device), tokens.to(inputs_embeds.dtype))
             if labels is not None:
                 labels = labels.masked_fill(placeholder.to(labels.device), -100)
         elif any(v is not None for v in (item_ids, user_ids, item_embeds, user_embeds, item_tokens, user_tokens)):
@@ -610,13 +650,15 @@ class ILMForConditionalGeneration(ILMPreTrainedModel, GenerationMixin):
         ).rank_logits
 
     def prepare_inputs_for_generation(self, *args, is_first_iteration=False, **kwargs):
+        """As the LLM's, plus the item/user inputs at the prefill step only: later steps read their
+        tokens from the KV cache, so the item encoder runs once per `generate` call."""
         model_inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
         if not is_first_iteration and kwargs.get("use_cache", True):
             for key in ENTITY_INPUTS:  # already in the KV cache
                 model_inputs.pop(key, None)
         return model_inputs
 
-    # --- building, saving and loading -----------------------------------------------------------
+    # --- building, saving and loading (the machinery lives in loading_ilm.py) ---------------------
 
     @classmethod
     def from_components(
@@ -633,77 +675,39 @@ class ILMForConditionalGeneration(ILMPreTrainedModel, GenerationMixin):
     ) -> "ILMForConditionalGeneration":
         """Builds a fresh ILM from a causal LM and a BERT-family encoder (Hub ids or local paths).
 
-        `item_token_id`/`user_token_id` come from the processor's tokenizer
-        (`ILMProcessor.from_components` adds the placeholder tokens).
+        `text_model_name_or_path`: the frozen LLM (loaded in float32 unless `llm_kwargs` says
+        otherwise; a GGUF file, `llm_kwargs={"gguf_file": ...}`, is dequantised). `qformer_name_or_path`:
+        the encoder whose weights and shape initialise the Q-Former (None: random, shaped by
+        `qformer_config`). `item_embeddings` / `user_embeddings`: `(num_items, cf_dim)` /
+        `(num_users, cf_dim)` CF tables. `item_token_id` / `user_token_id` come from the processor's
+        tokenizer (`ILMProcessor.from_components` adds the placeholder tokens). Other keyword
+        arguments are `ILMConfig` fields.
         """
-        from transformers import AutoConfig, AutoModel, Blip2QFormerConfig
-
-        llm_kwargs = {"dtype": torch.float32, **(llm_kwargs or {})}
-        llm = AutoModelForCausalLM.from_pretrained(text_model_name_or_path, **llm_kwargs)
-        if getattr(llm, "hf_quantizer", None) is not None:  # e.g. GGUF: we keep the dequantized weights
-            llm = dequantized_copy(llm)
-        qformer_config = config_kwargs.pop("qformer_config", None)
-        bert = None
-        if qformer_name_or_path is not None:
-            bert_config = AutoConfig.from_pretrained(qformer_name_or_path)
-            qformer_config = Blip2QFormerConfig(**{**{key: getattr(bert_config, key) for key in QFORMER_FROM_BERT}, **(qformer_config or {})})
-            bert = AutoModel.from_pretrained(qformer_name_or_path, dtype=torch.float32)
-        if item_embeddings is not None:
-            config_kwargs.setdefault("cf_dim", item_embeddings.shape[1])
-        config = ILMConfig(
-            qformer_config=qformer_config,
-            text_config=copy.deepcopy(llm.config),  # the LLM keeps its own, with its attention backend set
-            text_model_name_or_path=str(text_model_name_or_path),
-            item_token_id=item_token_id,
-            user_token_id=user_token_id,
-            **config_kwargs,
+        return build_generation_model(
+            cls, text_model_name_or_path, qformer_name_or_path, llm_kwargs=llm_kwargs, item_embeddings=item_embeddings,
+            user_embeddings=user_embeddings, item_token_id=item_token_id, user_token_id=user_token_id, **config_kwargs,
         )
-        model = cls(config, language_model=llm)
-        if bert is not None and model.item_encoder is not None:
-            model.item_encoder.load_bert_weights(bert.state_dict())
-        model.set_cf_embeddings(item_embeddings, user_embeddings)
-        model.generation_config = llm.generation_config
-        return model
 
     def load_adapter(self, adapter_path: str, adapter_name: str = "default", **kwargs):
         """Loads a PEFT (LoRA) adapter of the frozen LLM, e.g. the `llm_adapter/` folder that a LoRA
         model's `save_pretrained` writes, or one trained on the base LLM alone (`PeftModel`
         conventions: adapter_config.json + adapter_model.safetensors, path or Hub id). An adapter
         that does not fit this LLM raises, naming the adapter."""
-        from peft import PeftConfig, PeftModel
+        load_llm_adapter(self, adapter_path, adapter_name, **kwargs)
 
-        adapter_config = PeftConfig.from_pretrained(adapter_path, **kwargs)
-        try:
-            if isinstance(self.language_model, PeftModel):
-                self.language_model.load_adapter(adapter_path, adapter_name=adapter_name, **kwargs)
-                self.language_model.set_adapter(adapter_name)
-            else:
-                self.language_model = PeftModel.from_pretrained(self.language_model, adapter_path, adapter_name=adapter_name, **kwargs)
-        except (RuntimeError, ValueError, KeyError) as err:
-            raise ValueError(
-                f"The adapter at {adapter_path} (for {adapter_config.base_model_name_or_path}) does not fit this model's LLM "
-                f"({self.config.text_model_name_or_path}): {err}"
-            ) from err
-        if not self.config.lora_config:  # saved and reloaded with the model from now on
-            fields = adapter_config.to_dict()
-            self.config.lora_config = {k: sorted(v) if isinstance(v, (set, list)) else v for k, v in fields.items() if k in LORA_CONFIG_KEYS}
-        self.freeze_language_model()
-
-    def save_pretrained(self, save_directory, *args, include_language_model: bool = True, **kwargs):
+    def save_pretrained(self, save_directory, *args, include_language_model: bool | None = None, **kwargs):
         """`include_language_model=False` writes a light folder: trained weights only, and the
-        frozen LLM's Hub id or path (`config.text_model_name_or_path`) to reload it from.
+        frozen LLM's Hub id or path (`config.text_model_name_or_path`) to reload it from. None uses
+        `self.save_language_model` (True; phase 2 sets it False, so Trainer's checkpoints are light).
 
         With LoRA on the LLM, `llm_adapter/` also holds it as a standard PEFT adapter of the base LLM
         (`PeftModel.from_pretrained(llm, dir + "/llm_adapter")`, or `load_adapter` of another ILM)."""
         if self.config.lora_config and kwargs.get("is_main_process", True):
-            self.language_model.save_pretrained(os.path.join(save_directory, LLM_ADAPTER_FOLDER))
-        if include_language_model:
+            save_llm_adapter(self, save_directory)
+        if self.save_language_model if include_language_model is None else include_language_model:
             return super().save_pretrained(save_directory, *args, **kwargs)
-        if not self.config.text_model_name_or_path:
-            raise ValueError("A light save needs `config.text_model_name_or_path` (the frozen LLM's Hub id or path).")
-        # LoRA weights are trained weights: they stay in a light folder
-        state_dict = {k: v for k, v in self.state_dict().items() if not k.startswith("language_model.") or "lora_" in k}
-        self.config.stores_language_model = False
+        state_dict = trained_state_dict(self, kwargs.pop("state_dict", None))
+        self.config.stores_language_model = False  # what the saved config says; this model still holds its LLM
         try:
             return super().save_pretrained(save_directory, *args, state_dict=state_dict, **kwargs)
         finally:
@@ -711,73 +715,21 @@ class ILMForConditionalGeneration(ILMPreTrainedModel, GenerationMixin):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """transformers' `from_pretrained`; a light folder (`config.stores_language_model=False`, as
+        phase 1 and `save_pretrained(..., include_language_model=False)` write) loads its frozen LLM from
+        `config.text_model_name_or_path` (or the `text_model_name_or_path=` given), see
+        `loading_ilm.load_light_checkpoint` for the arguments it takes."""
         config = kwargs.pop("config", None)
         if not isinstance(config, ILMConfig):
-            hub = {k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
-            config = ILMConfig.from_pretrained(pretrained_model_name_or_path, **hub)
+            config = ILMConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs(kwargs))
         try:
             if not config.stores_language_model:
-                return cls._from_light_checkpoint(pretrained_model_name_or_path, config, **kwargs)
+                return load_light_checkpoint(cls, pretrained_model_name_or_path, config, **kwargs)
             model = super().from_pretrained(pretrained_model_name_or_path, *args, config=config, **kwargs)
-        except SafetensorError as err:  # its own message names no file
-            raise OSError(
-                f"The weights of {pretrained_model_name_or_path} cannot be read ({err}): the safetensors file is "
-                "truncated or corrupt. Save the model again, or download it again (force_download=True)."
-            ) from err
-        for tensor in itertools.chain(model.parameters(), model.buffers()):
-            # Memory-mapped safetensors can leave weights unaligned, and CPU kernels then round
-            # differently: copy those, so a reloaded model gives bit-identical logits.
-            if tensor.data_ptr() % 64:
-                tensor.data = tensor.data.clone()
+        except SafetensorError as err:
+            raise unreadable_weights(pretrained_model_name_or_path, err) from err
         model.freeze_language_model()  # loading re-creates parameters with gradients on
-        return model
-
-    @classmethod
-    def _from_light_checkpoint(cls, path, config, **kwargs):
-        """Loads trained weights from `path` and the frozen LLM from `config.text_model_name_or_path`.
-
-        Also takes a phase-1 (item encoder pretraining) checkpoint: its adapter starts fresh. Takes the
-        Hub arguments, `dtype`, `attn_implementation` and a single-device `device_map` ("cpu", "cuda:0");
-        any other `from_pretrained` argument is refused by name rather than ignored.
-        """
-        from safetensors.torch import load_file
-
-        handled = {*HUB_KWARGS, "dtype", "attn_implementation", "device_map", "text_model_name_or_path", "trust_remote_code", "code_revision"}
-        # "_from_auto", adapter_kwargs (its top-level adapter lookup, empty here) & co are the Auto classes' own
-        unsupported = sorted(k for k in kwargs if k not in handled and not k.startswith("_") and k != "adapter_kwargs")
-        device = kwargs.get("device_map")
-        if device is not None and not (isinstance(device, (str, int, torch.device)) and str(device) != "auto"):
-            unsupported.append(f"device_map={device!r}")
-        if unsupported:
-            raise ValueError(
-                f"{path} is a light checkpoint (its LLM loads from {config.text_model_name_or_path!r}), which takes Hub "
-                f"arguments, dtype, attn_implementation and a one-device device_map; not {unsupported}. Load it without "
-                "them, or save a full folder (save_pretrained(dir)) to load with any from_pretrained argument."
-            )
-        hub = {k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
-        dtype = kwargs.get("dtype")
-        dtype = torch.float32 if dtype in (None, "auto") else getattr(torch, dtype) if isinstance(dtype, str) else dtype
-        llm_name = kwargs.get("text_model_name_or_path", config.text_model_name_or_path)
-        if not llm_name:
-            raise ValueError(f"{path} holds no LLM weights and its config names no `text_model_name_or_path`.")
-        # where to find the LLM (revision/subfolder address the ILM repository, not the LLM's)
-        llm_hub = {k: hub[k] for k in ("cache_dir", "force_download", "local_files_only", "token") if k in hub}
-        attention = {"attn_implementation": kwargs["attn_implementation"]} if kwargs.get("attn_implementation") else {}
-        llm = AutoModelForCausalLM.from_pretrained(llm_name, dtype=torch.float32, **attention, **llm_hub)
-        config.text_model_name_or_path = str(llm_name)
-        config.stores_language_model = True
-        model = cls(config, language_model=llm)
-        weights_file = cached_file(path, "model.safetensors", **hub)
-        missing, unexpected = model.load_state_dict(load_file(weights_file), strict=False)
-        missing_encoder = [k for k in missing if not k.startswith(("language_model.", "adapter.")) or "lora_" in k]
-        if missing_encoder:
-            raise ValueError(f"{path} lacks item-encoder weights: {missing_encoder[:5]} ...")
-        if any(k.startswith("adapter.") for k in missing):
-            logger.warning("%s has no adapter weights (a phase-1 checkpoint?): the adapter starts fresh.", path)
-        if unexpected:
-            logger.info("Ignored weights not used for generation (phase-1 heads): %s", sorted(unexpected)[:8])
-        model.generation_config = llm.generation_config
-        return model.to(dtype).to(torch.device(device) if device is not None else model.device).eval()
+        return aligned(model)
 
 
 @dataclass
@@ -796,84 +748,6 @@ class ILMPretrainingOutput(ModelOutput):
     loss_user_item: torch.FloatTensor | None = None
 
 
-def _process_group():
-    """torch.distributed when several processes train together, else None."""
-    import torch.distributed as dist
-
-    return dist if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1 else None
-
-
-class _GatherRows(torch.autograd.Function):
-    """Every process's rows in rank order (any number per process); the backward hands each process
-    the gradient of its own rows summed over every process's loss. torch's functional all_gather
-    expects equal sizes and mishandles non-contiguous gradients (a transposed similarity's), hence this."""
-
-    @staticmethod
-    def forward(ctx, local, sizes):
-        dist = _process_group()
-        padded = local.new_zeros((max(sizes), *local.shape[1:]))
-        padded[: len(local)] = local
-        chunks = [torch.empty_like(padded) for _ in sizes]
-        dist.all_gather(chunks, padded)
-        rank = dist.get_rank()
-        ctx.start, ctx.size = sum(sizes[:rank]), sizes[rank]
-        return torch.cat([chunk[:size] for chunk, size in zip(chunks, sizes)])
-
-    @staticmethod
-    def backward(ctx, grad):
-        grad = grad.contiguous()
-        _process_group().all_reduce(grad)
-        return grad[ctx.start : ctx.start + ctx.size], None
-
-
-def gather_rows(*local: torch.Tensor) -> tuple[list[torch.Tensor], int, float]:
-    """([rows of every process, per tensor], this process's offset in them, its share of the mean).
-
-    The tensors hold one row per local example (same count). Contrastive losses compare local rows
-    against every process's; a loss summed over the local rows and divided by the share averages,
-    over DDP's gradient mean, to the single-process mean over all rows, however unevenly the rows are
-    spread. One process: `(list(local), 0, len(rows))`.
-    """
-    rows = len(local[0])
-    dist = _process_group()
-    if dist is None:
-        return list(local), 0, float(rows)
-    count = torch.tensor([rows], device=local[0].device)
-    counts = [torch.zeros_like(count) for _ in range(dist.get_world_size())]
-    dist.all_gather(counts, count)
-    sizes = [int(c) for c in counts]
-    gathered = [_GatherRows.apply(tensor.contiguous(), sizes) for tensor in local]
-    return gathered, sum(sizes[: dist.get_rank()]), sum(sizes) / len(sizes)
-
-
-def pool_queries(query_feats: torch.Tensor) -> torch.Tensor:
-    """`(N, num_query_tokens, dim)` normalised per-query features -> one normalised vector per row."""
-    return nn.functional.normalize(query_feats.mean(1), dim=-1)
-
-
-def info_nce(logits: torch.Tensor, key_ids: torch.Tensor, offset: int = 0, share: float | None = None) -> torch.Tensor:
-    """In-batch InfoNCE: row i's positive is key `offset + i`. Other keys with the positive's id
-    are duplicates of it, not negatives, and are masked out. The mean over rows, or their sum
-    divided by `share` (see `gather_rows`)."""
-    rows = torch.arange(logits.shape[0], device=logits.device)
-    targets = rows + offset
-    duplicate = key_ids[None, :] == key_ids[targets][:, None]
-    duplicate[rows, targets] = False
-    loss = nn.functional.cross_entropy(logits.masked_fill(duplicate, torch.finfo(logits.dtype).min), targets, reduction="sum")
-    return loss / (logits.shape[0] if share is None else share)
-
-
-def sample_hard_negatives(similarity: torch.Tensor, same: torch.Tensor, generator=None) -> torch.Tensor:
-    """For each row, one column drawn in proportion to softmax(similarity), never a column marked
-    `same` (the positive itself or a duplicate of it). Rows with no valid column get -1."""
-    weights = similarity.float().softmax(-1).masked_fill(same, 0.0)
-    usable = weights.sum(-1) > 0
-    picks = torch.full((similarity.shape[0],), -1, dtype=torch.long, device=similarity.device)
-    if usable.any():
-        picks[usable] = torch.multinomial(weights[usable], 1, generator=generator).squeeze(-1)
-    return picks
-
-
 class ILMForItemTextPretraining(ILMPreTrainedModel):
     """Phase 1: the Q-Former item encoder learns from item texts and interactions (no LLM involved).
 
@@ -885,10 +759,14 @@ class ILMForItemTextPretraining(ILMPreTrainedModel):
     """
 
     def __init__(self, config: ILMConfig):
-        super().__init__(config)
+        """Q-Former, CF tables and the phase-1 heads; no LLM (only its config, so the checkpoint loads
+        into `ILMForConditionalGeneration`). `from_components` initialises the Q-Former from BERT."""
         if config.adapter_type != "qformer":
             raise ValueError("Phase-1 pretraining trains the Q-Former; adapter_type='mlp' has none to pretrain.")
-        config.stores_language_model = False
+        if config.stores_language_model:  # its checkpoints never hold the LLM; the caller's config stays as given
+            config = copy.deepcopy(config)
+            config.stores_language_model = False
+        super().__init__(config)
         self._build_item_encoder(config)
         hidden = config.qformer_config.hidden_size
         self.item_projection = nn.Linear(hidden, config.contrastive_dim)
@@ -909,27 +787,15 @@ class ILMForItemTextPretraining(ILMPreTrainedModel):
     @classmethod
     def from_components(cls, text_model_name_or_path, qformer_name_or_path, *, item_embeddings=None, user_embeddings=None, **config_kwargs):
         """A fresh phase-1 model: Q-Former from a BERT-family encoder, and the LLM named (config only)
-        so the checkpoint loads straight into `ILMForConditionalGeneration`."""
-        from transformers import AutoConfig, AutoModel
-
-        bert = AutoModel.from_pretrained(qformer_name_or_path, dtype=torch.float32)
-        qformer_config = {key: getattr(bert.config, key) for key in QFORMER_FROM_BERT}
-        qformer_config.update(config_kwargs.pop("qformer_config", None) or {})
-        if item_embeddings is not None:
-            config_kwargs.setdefault("cf_dim", item_embeddings.shape[1])
-        config = ILMConfig(
-            qformer_config=qformer_config,
-            text_config=AutoConfig.from_pretrained(text_model_name_or_path),
-            text_model_name_or_path=str(text_model_name_or_path),
-            **config_kwargs,
+        so the checkpoint loads straight into `ILMForConditionalGeneration`. `item_embeddings` /
+        `user_embeddings`: `(N, cf_dim)` CF tables; other keyword arguments are `ILMConfig` fields."""
+        return build_pretraining_model(
+            cls, text_model_name_or_path, qformer_name_or_path, item_embeddings=item_embeddings, user_embeddings=user_embeddings, **config_kwargs
         )
-        model = cls(config)
-        model.item_encoder.load_bert_weights(bert.state_dict())
-        model.set_cf_embeddings(item_embeddings, user_embeddings)
-        return model
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
+        """transformers' `from_pretrained`, with the CF tables frozen again (loading re-creates them trainable)."""
         model = super().from_pretrained(*args, **kwargs)
         model.cf_embeddings.requires_grad_(False)
         return model
@@ -1032,7 +898,7 @@ class ILMForItemTextPretraining(ILMPreTrainedModel):
         with a hard negative item. Negatives come from every process's batch (as in BLIP-2), drawn in
         proportion to ITC similarity (`sim_i2t` / `sim_t2i`: local rows against all), never the positive
         or a duplicate of it (the same item id or the same text)."""
-        width, group = torch.tensor(input_ids.shape[1], device=input_ids.device), _process_group()
+        width, group = torch.tensor(input_ids.shape[1], device=input_ids.device), process_group()
         if group is not None:  # texts are padded per process: to the longest of all
             group.all_reduce(width, op=group.ReduceOp.MAX)
         pad = (0, int(width) - input_ids.shape[1])
@@ -1079,25 +945,4 @@ class ILMForItemTextPretraining(ILMPreTrainedModel):
         ) / 2
 
 
-LLM_ADAPTER_FOLDER = "llm_adapter"
-LORA_CONFIG_KEYS = ("r", "lora_alpha", "lora_dropout", "target_modules", "bias", "use_rslora", "use_dora")
-
-
-def _with_lora(language_model, lora_config: dict):
-    from peft import LoraConfig, get_peft_model
-
-    return get_peft_model(language_model, LoraConfig(**{"lora_dropout": 0.0, **lora_config}))
-
-
-def dequantized_copy(model: PreTrainedModel) -> PreTrainedModel:
-    """A plain (serializable) copy of a model loaded from a quantized file such as GGUF."""
-    config = model.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    plain = AutoModelForCausalLM.from_config(config, dtype=model.dtype)
-    plain.load_state_dict(model.state_dict())
-    plain.generation_config = model.generation_config
-    return plain.eval()
-
-
-__all__ = ["ILMPreTrainedModel", "ILMForConditionalGeneration", "ILMForItemTextPretraining", "ILMPretrainingOutput", "ILMQFormerEncoder", "ILMCFEmbeddings", "ILMItemScorer", "dequantized_copy"]
+__all__ = ["ILMPreTrainedModel", "ILMForConditionalGeneration", "ILMForItemTextPretraining", "ILMPretrainingOutput", "ILMQFormerEncoder", "ILMCFEmbeddings", "ILMItemScorer"]

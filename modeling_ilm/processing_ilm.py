@@ -102,6 +102,10 @@ class ILMProcessor(ProcessorMixin):
     def from_components(
         cls, tokenizer_name_or_path, catalog=None, num_query_tokens=8, tokenizer_kwargs=None, item_rendering="tokens", **kwargs
     ):
+        """A processor for a fresh ILM: the LLM's tokenizer (Hub id or path; `tokenizer_kwargs` go to
+        `AutoTokenizer.from_pretrained`) with the placeholder tokens added, and the `catalog`
+        (`{"items": [{"item_id", "title", ...}], "users": [{"user_id"}]}`, rows in CF-table order).
+        Other arguments as in the class docstring."""
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_name_or_path, **(tokenizer_kwargs or {}))
         item_token, user_token = kwargs.get("item_token", ITEM_TOKEN), kwargs.get("user_token", USER_TOKEN)
         tokenizer.add_special_tokens({"additional_special_tokens": [item_token, user_token]})
@@ -138,6 +142,7 @@ class ILMProcessor(ProcessorMixin):
         return rows
 
     def item(self, item_id: str) -> dict:
+        """The catalog entry of `item_id` (`{"item_id", "title", ...}`); KeyError naming it if unknown."""
         return self.catalog["items"][self.rows([item_id])[0]]
 
     # --- encoding ----------------------------------------------------------------------------------
@@ -350,9 +355,11 @@ class ILMProcessor(ProcessorMixin):
     # --- decoding ----------------------------------------------------------------------------------
 
     def batch_decode(self, sequences, skip_special_tokens=True, **kwargs):
+        """The tokenizer's `batch_decode` of `(batch_size, length)` ids, special tokens skipped by default."""
         return self.tokenizer.batch_decode(sequences, skip_special_tokens=skip_special_tokens, **kwargs)
 
     def decode(self, sequence, skip_special_tokens=True, **kwargs):
+        """The tokenizer's `decode` of one `(length,)` sequence, special tokens skipped by default."""
         return self.tokenizer.decode(sequence, skip_special_tokens=skip_special_tokens, **kwargs)
 
     def title_constraint(self, input_ids, candidates=None, scores=None, score_weight=1.0):

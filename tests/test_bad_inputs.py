@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CATALOG
+from tiny import CATALOG
 from test_modeling import QUERIES, build
 
 from modeling_ilm import ILMProcessor

@@ -1,6 +1,6 @@
 """Title-constrained decoding: every greedy / beam / sampled answer is one allowed title + end-of-turn.
 
-The tiny tokenizer is a lower-case WordLevel vocab, so conftest's CATALOG titles ("Toy Story (1995)")
+The tiny tokenizer is a lower-case WordLevel vocab, so tiny.py's CATALOG titles ("Toy Story (1995)")
 are mostly `<unk>` and five of them tokenize identically. The model tests use a catalog of
 lower-case titles whose tokenizations differ and share prefixes ("toy story 1995" / "toy story 2",
 "heat" / "heat 1995").
@@ -11,7 +11,7 @@ import json
 
 import pytest
 import torch
-from conftest import CATALOG, make_tokenizer
+from tiny import CATALOG, make_tokenizer
 from transformers import LogitsProcessorList
 
 from modeling_ilm import ILMForConditionalGeneration, ILMProcessor

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import WORDS
+from tiny import WORDS
 from datasets import load_from_disk
 from safetensors.numpy import load_file
 from transformers import AutoModelForCausalLM, BertModel, BertTokenizerFast

@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 import torch
-from conftest import CATALOG
+from tiny import CATALOG
 from transformers import AutoModel, AutoModelForCausalLM, BertModel
 
 from modeling_ilm import ILMConfig, ILMForConditionalGeneration, ILMProcessor
@@ -74,6 +74,12 @@ def test_placeholder_count_mismatch_is_a_clear_error(model, processor):
         model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], item_ids=torch.tensor([[0, 1]]))
     with pytest.raises(ValueError, match="no `item_ids`"):
         model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    two = processor(messages=CHATS[1:2], item_ids=ITEMS[1:2], user_ids=USERS[1:2])  # two items, one id: too few columns
+    assert two["item_ids"].shape == (1, 2)
+    with pytest.raises(ValueError, match=r"placeholders per row \[2\] do not match the item_ids given per row \[1\]"):
+        model(input_ids=two["input_ids"], item_ids=two["item_ids"][:, :1], user_ids=two["user_ids"])
+    with pytest.raises(ValueError, match="1 slots per row but a row has 2 placeholders"):
+        model(input_ids=two["input_ids"], item_tokens=model.get_item_tokens(two["item_ids"][0, :1])[None], user_ids=two["user_ids"])
     half = batch["input_ids"].clone()
     half[0, (half[0] == processor.item_token_id).nonzero()[0]] = 5  # one placeholder not expanded
     with pytest.raises(ValueError, match="expanded"):
@@ -316,3 +322,24 @@ def test_cf_residual_adds_each_cf_token_to_its_query_output(tiny_components, pro
     assert not torch.allclose(residual.get_item_tokens(ids), plain.get_item_tokens(ids))  # and reaches the LLM
     with pytest.raises(ValueError, match="num_cf_tokens=4 equal to num_query_tokens=2"):
         ILMConfig(num_query_tokens=2, num_cf_tokens=4, cf_residual=True)
+
+
+def test_class_docstring_example_runs(tiny_components, tmp_path):
+    """The example in ILMForConditionalGeneration's docstring, run as written on a tiny saved folder."""
+    titles = ["heat", "babe", "casino", "toy story", "jumanji", "sabrina"]
+    catalog = {"items": [{"item_id": i, "title": t} for i, t in zip(["50", "181", "1", "2", "3", "4"], titles)], "users": [{"user_id": "1"}]}
+    processor = ILMProcessor.from_components(tiny_components["llm"], catalog=catalog, num_query_tokens=QUERIES)
+    torch.manual_seed(0)
+    model = ILMForConditionalGeneration.from_components(
+        tiny_components["llm"], tiny_components["bert"], item_token_id=processor.item_token_id, user_token_id=processor.user_token_id,
+        num_query_tokens=QUERIES, item_embeddings=torch.randn(6, 8), user_embeddings=torch.randn(1, 8),
+    )
+    model.enable_ranking_head(ranking_dim=8)
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    lines = [line.strip()[4:] for line in ILMForConditionalGeneration.__doc__.splitlines() if line.strip().startswith(">>> ")]
+    example = "\n".join(lines).replace("runs/ml100k/model", str(tmp_path / "model"))
+    namespace = {}
+    exec(example, namespace)
+    assert namespace["item_id"] in (None, *[item["item_id"] for item in catalog["items"]])
+    assert namespace["scores"].shape == (1, 6) and len(namespace["top"]) == 5 and set(namespace["top"]) <= set(titles)

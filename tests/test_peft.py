@@ -3,7 +3,7 @@ text-only == base LLM property comes back when the adapter is disabled."""
 
 import pytest
 import torch
-from conftest import CATALOG
+from tiny import CATALOG
 from transformers import AutoModelForCausalLM
 
 from modeling_ilm import ILMForConditionalGeneration, ILMProcessor

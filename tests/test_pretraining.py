@@ -1,11 +1,10 @@
 """Phase 1 (ILMForItemTextPretraining) on tiny random components."""
 
-import pytest
 import torch
 import torch.distributed as dist
 
 from modeling_ilm import ILMForConditionalGeneration, ILMForItemTextPretraining
-from modeling_ilm.modeling_ilm import info_nce, sample_hard_negatives
+from modeling_ilm.contrastive_ilm import info_nce, sample_hard_negatives
 
 ALL_LOSSES = {"itc": 1.0, "itm": 1.0, "itg": 1.0, "item_item": 1.0, "user_item": 1.0}
 

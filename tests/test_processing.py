@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import CATALOG
+from tiny import CATALOG
 from transformers import AutoProcessor
 
 from modeling_ilm import ILMProcessor

@@ -15,7 +15,7 @@ import pytest
 import torch
 from huggingface_hub import ModelCard, constants
 from huggingface_hub.errors import HfHubHTTPError
-from conftest import CATALOG
+from tiny import CATALOG
 from test_modeling import CHATS, ITEMS, QUERIES, USERS, build
 
 from model_cards import build_model_card, write_model_card

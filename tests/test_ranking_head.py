@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import CATALOG
+from tiny import CATALOG
 
 from modeling_ilm import ILMForConditionalGeneration, ILMProcessor
 from training.finetune import ChatCollator

@@ -46,7 +46,7 @@ def default_llm_path() -> str:
         return str(target)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from modeling_ilm.modeling_ilm import dequantized_copy
+    from modeling_ilm.loading_ilm import dequantized_copy
 
     source = package_dir(LLM_PACKAGE)
     if not (source / LLM_FILE).exists():

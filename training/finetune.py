@@ -217,18 +217,6 @@ class RankingCurveCallback(TrainerCallback):
             self.measure(model, state.global_step, state.log_history)
 
 
-class Phase2Trainer(ComponentLossTrainer):
-    """Checkpoints hold the trained weights and the processor only: the frozen LLM is never copied into them."""
-
-    def _save(self, output_dir=None, state_dict=None):
-        if not self.args.should_save:  # several processes: only the main one writes
-            return
-        output_dir = output_dir or self.args.output_dir
-        self.model.save_pretrained(output_dir, include_language_model=False)
-        if self.processing_class is not None:
-            self.processing_class.save_pretrained(output_dir)
-
-
 def build_model_and_processor(config: FinetuneConfig):
     data_dir = Path(config.data_dir)
     catalog = json.loads((data_dir / "catalog.json").read_text())
@@ -300,7 +288,8 @@ def build_trainer(config: FinetuneConfig):
     if ordered:
         train = batch_order(train, config.curriculum or [], config.batch_size if config.group_by_length else 1, config.seed)
 
-    trainer = Phase2Trainer(
+    model.save_language_model = False  # checkpoints: trained weights + processor, never the frozen LLM again
+    trainer = ComponentLossTrainer(
         model=model,
         args=training_arguments(
             config,
@@ -349,7 +338,7 @@ def finetune(config: FinetuneConfig) -> dict:
         "log_history": trainer.state.log_history,
     }
     if trainer.args.should_save:  # several processes: only the main one writes
-        model.save_pretrained(model_dir)
+        model.save_pretrained(model_dir, include_language_model=True)
         processor.save_pretrained(model_dir)
         plot_training_curves(trainer.state.log_history, model_dir / "training_curves.png", f"Phase 2 ({config.name})")
         write_text_atomic(output_dir / "phase2_results.json", json.dumps(summary, indent=2))  # the stage's "done" marker

@@ -68,21 +68,27 @@ class EpochCallback(TrainerCallback):
         self.dataset.set_epoch(math.floor(state.epoch or 0))
 
 
-class Phase1Trainer(ComponentLossTrainer):
-    """Evaluation = retrieval over the whole catalog and ITG loss on held-out texts."""
+class Phase1EvalCallback(TrainerCallback):
+    """Phase 1's evaluation (retrieval over the whole catalog and ITG loss on held-out texts, see
+    `make_phase1_eval`) every `every` steps, logged as `eval_*` beside the training losses. A callback
+    rather than `Trainer.evaluate`: phase 1 evaluates by retrieval, not by a loss over an eval dataset."""
 
-    def __init__(self, *args, phase1_eval=None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.phase1_eval = phase1_eval
+    def __init__(self, phase1_eval, every: int):
+        self.phase1_eval, self.every = phase1_eval, every
 
-    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
-        model = self.model.eval()
+    def evaluate(self, model) -> dict:
+        was_training = model.training
         start = time.time()
-        metrics = {f"{metric_key_prefix}_{k}": v for k, v in self.phase1_eval(model).items()}
-        metrics[f"{metric_key_prefix}_runtime"] = round(time.time() - start, 2)
-        model.train()
-        self.log(metrics)
+        metrics = self.phase1_eval(model.eval())
+        metrics["runtime"] = round(time.time() - start, 2)
+        model.train(was_training)
         return metrics
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if self.every and state.global_step % self.every == 0:
+            metrics = {f"eval_{k}": v for k, v in self.evaluate(model).items()}
+            state.log_history.append({"epoch": state.epoch, **metrics, "step": state.global_step})
+            logger.info("phase-1 evaluation at step %d: %s", state.global_step, metrics)
 
 
 def make_phase1_eval(data: Phase1Data, tokenize, eval_items=None, batch_size=64):
@@ -143,14 +149,12 @@ def build_trainer(config: PretrainConfig):
 
     data = Phase1Data.load(config.data_dir)
     train_dataset = Phase1Examples(data, seed=config.seed)
-    trainer = Phase1Trainer(
+    trainer = ComponentLossTrainer(
         model=model,
-        args=training_arguments(config),
+        args=training_arguments(config, eval_strategy="no"),  # Phase1EvalCallback evaluates
         train_dataset=train_dataset,
-        eval_dataset=train_dataset if config.eval_steps else None,  # unused: evaluate() runs phase1_eval
         data_collator=Phase1Collator(tokenizer, config.max_text_length),
-        phase1_eval=make_phase1_eval(data, tokenize, config.eval_items),
-        callbacks=[EpochCallback(train_dataset)],
+        callbacks=[EpochCallback(train_dataset), Phase1EvalCallback(make_phase1_eval(data, tokenize, config.eval_items), config.eval_steps)],
     )
     return trainer, tokenizer, data
 
@@ -165,13 +169,14 @@ def pretrain(config: PretrainConfig) -> dict:
     if resume:
         logger.info("Resuming phase 1 from %s", resume)
     trainer.train(resume_from_checkpoint=resume)
-    final_metrics = trainer.evaluate()
+    evaluation = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, Phase1EvalCallback))
+    final_metrics = evaluation.evaluate(model)
     summary = {
         "variant": config.variant,
         "loss_weights": model.config.phase1_loss_weights,
         "steps": trainer.state.global_step,
         "time_s": round(time.time() - start, 1),
-        "metrics": {k.removeprefix("eval_"): v for k, v in final_metrics.items()},
+        "metrics": final_metrics,
         "als_item_item": als_item_item_recall(config.data_dir, data),
         "chance_recall@10": 10 / model.config.num_items,
         "log_history": trainer.state.log_history,

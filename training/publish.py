@@ -29,7 +29,7 @@ from pathlib import Path
 from huggingface_hub import HfApi, constants, get_token
 from huggingface_hub.errors import HfHubHTTPError
 
-from modeling_ilm.modeling_ilm import LLM_ADAPTER_FOLDER
+from modeling_ilm.loading_ilm import LLM_ADAPTER_FOLDER
 from model_cards.generate import GENERATED_MARKER, HUB_ID, add_card_arguments, card_arguments, is_hub_id, read_json, write_model_card
 
 # Files that unpickle (and so can run code) when loaded: never published. Names are only the first
