@@ -15,7 +15,7 @@ import unicodedata
 
 from transformers import AutoTokenizer
 from transformers.feature_extraction_utils import BatchFeature
-from transformers.processing_utils import ProcessorMixin
+from transformers.processing_utils import ProcessingKwargs, ProcessorMixin, TextKwargs, Unpack
 
 from .configuration_ilm import ITEM_TOKEN, USER_TOKEN
 
@@ -27,6 +27,18 @@ def normalize_title(text: str) -> str:
     return " ".join(re.sub(r"[\W_]+", " ", text.lower()).split())
 
 
+class ILMProcessorKwargs(ProcessingKwargs, total=False):
+    """`ILMProcessor.__call__`'s typed keyword arguments (transformers' `ProcessingKwargs` convention):
+    the ILM's own below, and the tokenizer's (`TextKwargs`: truncation, max_length, padding_side,
+    return_tensors, ...) flat or as `text_kwargs={...}`."""
+
+    add_generation_prompt: bool
+    return_labels: bool
+    item_rendering: str | None
+
+
+# Tokenizer options that the processor sets itself; any other one changes how text is tokenized.
+TEXT_DEFAULTS = {"padding": True, "padding_side": "left", "return_tensors": "pt"}
 ITEM_RENDERINGS = ("tokens", "title+tokens")
 # A literal inside a rendered prompt: text the user supplied that must be tokenized as plain text, never
 # as a placeholder or a control token. Private-use code points, which no chat template emits.
@@ -66,6 +78,8 @@ class ILMProcessor(ProcessorMixin):
     """
 
     tokenizer_class = "AutoTokenizer"
+    valid_processor_kwargs = ILMProcessorKwargs
+    text_kwargs = TEXT_DEFAULTS  # the lowest-priority defaults of `_merge_kwargs`
 
     def __init__(
         self,
@@ -155,10 +169,8 @@ class ILMProcessor(ProcessorMixin):
         user_ids=None,
         add_generation_prompt: bool = True,
         return_labels: bool = False,
-        padding_side: str = "left",
-        return_tensors: str = "pt",
         item_rendering: str | None = None,
-        **tokenizer_kwargs,
+        **kwargs: Unpack[ILMProcessorKwargs],
     ) -> BatchFeature:
         """Tokenizes one example or a batch.
 
@@ -167,7 +179,23 @@ class ILMProcessor(ProcessorMixin):
         each example's placeholders refer to, in order (a list, or a list of lists for a batch).
         `return_labels`: labels on assistant turns only (chat input), -100 elsewhere.
         `item_rendering`: `"tokens"` or `"title+tokens"` for this call; None uses the processor's setting.
+        Tokenizer options (`ILMProcessorKwargs`' text kwargs) come flat or as `text_kwargs={...}`:
+        `padding_side` ("left", for generation), `return_tensors` ("pt", "np" or None for lists),
+        `truncation` / `max_length` and the like; an unknown option is an error naming it.
+
+        Returns a `BatchFeature` with `input_ids` and `attention_mask` `(batch_size, length)`,
+        `item_ids` / `user_ids` `(batch_size, max_entities)` (CF-table rows, -1 pads) where the
+        prompts hold placeholders, and with `return_labels` `labels` `(batch_size, length)`.
         """
+        media = [key for key in ("images", "videos", "audio") if kwargs.pop(key, None) is not None]  # apply_chat_template passes None
+        if media:
+            raise TypeError(f"ILMProcessor takes text and items only, not {media}.")
+        unknown = sorted(set(kwargs) - set(TextKwargs.__annotations__) - {"text_kwargs", "common_kwargs"})
+        if unknown:
+            raise TypeError(f"ILMProcessor got unknown keyword arguments {unknown}; tokenizer options are {sorted(TextKwargs.__annotations__)}.")
+        text_kwargs = self._merge_kwargs(ILMProcessorKwargs, **kwargs)["text_kwargs"]
+        padding_side, return_tensors, padding = (text_kwargs.pop(key) for key in ("padding_side", "return_tensors", "padding"))
+        tokenizer_kwargs = text_kwargs if padding is True else {**text_kwargs, "padding": padding}
         item_rendering = _check_item_rendering(self.item_rendering if item_rendering is None else item_rendering)
         if (text is None) == (messages is None):
             raise ValueError("Pass exactly one of `text` or `messages`.")
@@ -214,7 +242,7 @@ class ILMProcessor(ProcessorMixin):
         else:
             encoding = self.tokenizer(  # lists: every output becomes `return_tensors` at the end, alike
                 prompts,
-                padding=True,
+                padding=tokenizer_kwargs.pop("padding", True),
                 padding_side=padding_side,  # for this call only: the tokenizer keeps its own setting
                 add_special_tokens=False,
                 return_offsets_mapping=return_labels,
@@ -315,6 +343,13 @@ class ILMProcessor(ProcessorMixin):
                     )
             out.append(f"{title} {self.item_token}{piece}")
         return "".join(out)
+
+    def apply_chat_template(self, conversation, chat_template=None, item_ids=None, user_ids=None, processor_kwargs=None, **kwargs):
+        """`ProcessorMixin.apply_chat_template`, taking the ids of the conversation's placeholders as
+        `item_ids` / `user_ids` (as `__call__` does) for `tokenize=True`. `processor(messages=...)` is
+        the shorter way to the same tokens."""
+        ids = {key: value for key, value in (("item_ids", item_ids), ("user_ids", user_ids)) if value is not None}
+        return super().apply_chat_template(conversation, chat_template, processor_kwargs={**(processor_kwargs or {}), **ids}, **kwargs)
 
     def _render_chat(self, messages, add_generation_prompt, return_labels, titled, literals):
         """Applies the chat template (then `titled`, which inserts item titles, if given); with labels,

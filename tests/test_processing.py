@@ -255,3 +255,32 @@ def test_truncation_that_cuts_into_item_tokens_is_an_error(processor):
     assert processor(messages=chat, item_ids=["1"], truncation=True, max_length=full)["input_ids"].shape[1] == full
     with pytest.raises(ValueError, match="Example 0 tokenizes to .* item tokens where its 1 item_ids need 3: truncation"):
         processor(messages=chat, item_ids=["1"], truncation=True, max_length=full - 6)
+
+
+def test_typed_kwargs_flat_or_grouped_and_unknown_ones_refused(processor):
+    """ProcessingKwargs conventions: tokenizer options flat or in `text_kwargs`, the same result; a
+    typo is an error naming it, not an option silently ignored; media inputs are refused."""
+    chat = [{"role": "user", "content": "hello world , my name is <item> ."}]
+    flat = processor(messages=chat, item_ids=["1"], padding_side="right", return_tensors="np", truncation=True, max_length=40)
+    grouped = processor(messages=chat, item_ids=["1"], text_kwargs={"padding_side": "right", "return_tensors": "np", "truncation": True, "max_length": 40})
+    assert all((flat[key] == grouped[key]).all() for key in ("input_ids", "attention_mask", "item_ids"))
+    with pytest.raises(TypeError, match=r"unknown keyword arguments \['max_lenght'\]"):
+        processor(messages=chat, item_ids=["1"], max_lenght=40)
+    with pytest.raises(TypeError, match="text and items only, not \\['images'\\]"):
+        processor(messages=chat, item_ids=["1"], images=[[0.0]])
+    assert processor.tokenizer.padding_side == processor.tokenizer.init_kwargs.get("padding_side", processor.tokenizer.padding_side)
+
+
+def test_apply_chat_template_takes_item_ids_without_warnings(processor):
+    from transformers.testing_utils import CaptureLogger
+    from transformers.utils import logging
+
+    chat = [{"role": "user", "content": "user <user> liked <item> and <item> ."}]
+    with CaptureLogger(logging.get_logger("transformers.processing_utils")) as captured:
+        out = processor.apply_chat_template(chat, item_ids=["3", "5"], user_ids=["2"], tokenize=True, return_dict=True, add_generation_prompt=True)
+    assert captured.out == ""
+    direct = processor(messages=chat, item_ids=["3", "5"], user_ids=["2"])
+    for key in ("input_ids", "attention_mask", "item_ids", "user_ids"):
+        assert torch.equal(torch.as_tensor(out[key]), direct[key]), key
+    text = processor.apply_chat_template(chat, add_generation_prompt=True)  # untokenized: the template's text
+    assert text.count("<item>") == 2 and text.endswith("assistant\n")
