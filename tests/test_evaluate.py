@@ -5,6 +5,7 @@ import dataclasses
 import json
 import logging
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -174,6 +175,23 @@ def test_users_display_order_and_histories(data_dir, protocol):
     u = protocol.users[0]
     assert protocol.histories[u] == train_seq[u] + [validation[u]]  # test history = train + validation
     assert load_protocol(data_dir, split="validation").histories[u] == train_seq[u]
+
+
+def test_history_length_follows_the_data_build_unless_given(data_dir, tmp_path):
+    """Evaluation prompts show as many history items as the build's phase-2 prompts did."""
+    copy = tmp_path / "data"
+    shutil.copytree(data_dir, copy)
+    stats = json.loads((copy / "stats.json").read_text())
+    assert stats["config"]["history_len"] == 10 and load_protocol(copy).history_len == 10
+    stats["config"]["history_len"] = 2
+    (copy / "stats.json").write_text(json.dumps(stats))
+    short = load_protocol(copy)
+    assert short.history_len == 2
+    assert all(short.history(u) == short.histories[u][-2:] for u in short.users)
+    assert load_protocol(copy, history_len=5).history_len == 5
+    del stats["config"]["history_len"]  # a build from before the option: its prompts showed 10
+    (copy / "stats.json").write_text(json.dumps(stats))
+    assert load_protocol(copy).history_len == 10
 
 
 def test_external_candidates_file_round_trip(data_dir, protocol, tmp_path):

@@ -18,7 +18,7 @@ from training.config import load_config, save_config
 from training.finetune import FinetuneConfig, build_model_and_processor, build_trainer, finetune, mixed_examples
 from training.data.phase1 import Phase1Data, Phase1Examples
 from training.pretrain import PretrainConfig, pretrain
-from training.trainer import last_checkpoint
+from training.trainer import last_checkpoint, training_arguments
 
 @pytest.fixture(scope="module")
 def phase1_dir(tiny_components, data_dir, tmp_path_factory):
@@ -359,6 +359,11 @@ def test_any_training_argument_passes_through_and_report_to_tensorboard_writes_e
     assert list(tmp_path.rglob("events.out.tfevents.*"))
     with pytest.raises(ValueError, match=r"unknown config keys \['no_such_field'\].*any TrainingArguments field"):
         load_config(FinetuneConfig, {}, overrides=["no_such_field=1"])
+    if not torch.accelerator.is_available():  # accelerate would quietly run DDP instead of sharding
+        for option in ("fsdp=full_shard", "deepspeed=ds_config.json"):
+            sharded = load_config(FinetuneConfig, dataclasses.asdict(config), overrides=[option])
+            with pytest.raises(ValueError, match=f"{option.split('=')[0]}=.* needs GPUs .* without it"):
+                training_arguments(sharded)
 
 
 @pytest.mark.slow

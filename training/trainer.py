@@ -136,6 +136,11 @@ def training_arguments(config, **overrides) -> TrainingArguments:
     )
     values.update(overrides)
     values.update(config.training_args or {})
+    sharded = [key for key in ("fsdp", "deepspeed") if values.get(key)]
+    if sharded and not torch.accelerator.is_available():
+        # accelerate shards only on accelerators: on CPU the processes would silently train as plain DDP
+        raise ValueError(f"{sharded[0]}={values[sharded[0]]!r} needs GPUs (or other accelerators), and none is available: "
+                         "on CPU, launch the same command without it (torchrun / accelerate then train with DDP).")
     return TrainingArguments(**values)
 
 

@@ -16,6 +16,7 @@ Where examples come from (train never looks at validation/test interactions):
 - similar_item / conversation partners come from the train co-occurrence counts only.
 """
 
+import bisect
 import string
 from dataclasses import dataclass
 
@@ -114,25 +115,27 @@ def rating_facts(ctx, split, rng):
 
 
 def events(ctx, split, rng):
-    """(user, history items, history ratings, target item) for next-item style tasks."""
+    """(user, sequence, its ratings, end, target) for next-item style tasks: the history is
+    `sequence[:end]`. Consumers slice only what they show, since one user's sequence can be long
+    (a train example per position: slicing whole histories would cost the square of its length)."""
     if split == "train":
         units = [(u, k) for u, seq in ctx.train_seqs.items() for k in range(1, len(seq))]
         for u, k in _shuffled(units, rng):
-            yield u, ctx.train_seqs[u][:k], ctx.train_ratings[u][:k], ctx.train_seqs[u][k]
+            yield u, ctx.train_seqs[u], ctx.train_ratings[u], k, ctx.train_seqs[u][k]
         return
     for u in _shuffled(list(ctx.held[split]), rng):
         seq, ratings = ctx.train_seqs[u], ctx.train_ratings[u]
         if split == "test":  # the validation interaction is history for the test one
             item, rating = ctx.held["validation"][u]
             seq, ratings = seq + [item], ratings + [rating]
-        yield u, seq, ratings, ctx.held[split][u][0]
+        yield u, seq, ratings, len(seq), ctx.held[split][u][0]
 
 
 def next_item_facts(ctx, split, rng):
-    for u, seq, _, target in events(ctx, split, rng):
+    for u, seq, _, end, target in events(ctx, split, rng):
         yield {
             "user": user(u),
-            "history": items(*seq[-ctx.history_len :]),
+            "history": items(*seq[max(0, end - ctx.history_len) : end]),
             "title": ctx.items[target]["title"],
             "item_of": {"title": target},
         }
@@ -149,8 +152,12 @@ def candidate_facts(ctx, split, rng):
 
 
 def conversation_facts(ctx, split, rng):
-    for u, seq, ratings, target in events(ctx, split, rng):
-        liked = [t for t, r in zip(seq, ratings) if r >= ctx.like_threshold or not ctx.has_ratings]
+    liked_at = {}  # user -> positions of liked items in the sequence `events` gives for them
+    for u, seq, ratings, end, target in events(ctx, split, rng):
+        if split != "train" or u not in liked_at:  # a train sequence is the same for all its positions
+            liked_at[u] = [i for i, r in enumerate(ratings) if r >= ctx.like_threshold or not ctx.has_ratings]
+        stop = bisect.bisect_left(liked_at[u], end)
+        liked = [seq[i] for i in liked_at[u][max(0, stop - 3) : stop]]  # the last liked ones, at most 3 used below
         genres = ctx.items[target]["genres"]
         if not liked or not genres:
             continue

@@ -42,7 +42,7 @@ def parse_args(argv=None):
     p.add_argument("--users", type=positive_int, help="evaluate the first N users (natural sort order) of the candidates file")
     p.add_argument("--seed", type=int, default=0, help="candidate display order and bootstrap")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CIs (0: none)")
-    p.add_argument("--history-len", type=int, default=10)
+    p.add_argument("--history-len", type=int, help="history items shown in prompts (default: the data build's, as in training)")
     p.add_argument("--out", default="eval", help="writes results.json and results.md here")
     p.add_argument("--name", help="row name of the model (default: the folder name)")
     p.add_argument("--baselines", type=comma_list(BASELINES), default=[], help=f"comma list of {','.join(BASELINES)}")

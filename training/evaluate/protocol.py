@@ -95,7 +95,9 @@ class Protocol:
         return described
 
 
-def load_protocol(data_dir, split="test", candidates_file=None, users=None, seed=0, history_len=10) -> Protocol:
+def load_protocol(data_dir, split="test", candidates_file=None, users=None, seed=0, history_len=None) -> Protocol:
+    """The evaluated users, their candidates, targets and histories. `history_len`: items shown as
+    history in prompts (None: the data build's own, as its phase-2 prompts show; 10 for older builds)."""
     if users is not None and (isinstance(users, bool) or not isinstance(users, int) or users < 1):
         raise ValueError(f"users={users!r}: give a number of users >= 1, or None for every user.")
     data_dir = Path(data_dir)
@@ -129,7 +131,7 @@ def load_protocol(data_dir, split="test", candidates_file=None, users=None, seed
         targets={u: rows[u][0] for u in chosen},
         histories={u: histories.get(u, []) for u in chosen},
         catalog=catalog,
-        history_len=history_len,
+        history_len=built.get("history_len", 10) if history_len is None else history_len,
         seed=seed,
         noun=built.get("item_noun", "item"),
         candidate_titles=bool(built.get("candidate_titles", False)),
