@@ -566,6 +566,23 @@ def test_out_folder_safety(tmp_path):
     assert (tmp_path / "out" / "mine.txt").exists()
 
 
+def test_a_read_only_output_folder_is_named(tmp_path, monkeypatch):
+    """Permissions do not bind root (these tests may run as root), so the refusal is simulated where the
+    build creates its folder: the error names the folder and the fix, and nothing is left behind."""
+    real_mkdir = Path.mkdir
+
+    def read_only(self, *args, **kwargs):
+        if self.parent == tmp_path / "locked":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    (tmp_path / "locked").mkdir()
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    with pytest.raises(OSError, match=r"locked/out\.partial: cannot create the build folder \(Permission denied\); choose another --out"):
+        build_generic(GENERIC, tmp_path / "locked" / "out")
+    assert list((tmp_path / "locked").iterdir()) == []
+
+
 def test_cli_generic(tmp_path, capsys):
     cli_main(
         [
