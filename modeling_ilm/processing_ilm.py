@@ -281,9 +281,12 @@ class ILMProcessor(ProcessorMixin):
         return pattern.sub(mark, text)
 
     def _special_strings(self) -> list[str]:
-        """Every string the tokenizer reads as one special token (control tokens, placeholders)."""
-        added = [token.content for token in self.tokenizer.added_tokens_decoder.values() if token.special]
-        return sorted(set(added) | set(self.tokenizer.all_special_tokens))
+        """Every string the tokenizer reads as one special token (control tokens, placeholders).
+        Read once per vocabulary size: every message of every call asks (the phase-2 collator's path)."""
+        if getattr(self, "_specials", (None,))[0] != len(self.tokenizer):
+            added = [token.content for token in self.tokenizer.added_tokens_decoder.values() if token.special]
+            self._specials = (len(self.tokenizer), sorted(set(added) | set(self.tokenizer.all_special_tokens)))
+        return self._specials[1]
 
     def _tokenize_with_literals(self, prompts, literals, padding_side):
         """Tokenizes prompts that hold LITERAL markers: the text between markers as usual, each

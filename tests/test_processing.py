@@ -249,6 +249,17 @@ def test_escaped_placeholders_are_literal_text_and_user_text_never_holds_control
         processor(text="a \\<item>", truncation=True, max_length=8)
 
 
+def test_a_control_token_added_later_is_text_in_messages_too(tiny_components):
+    """The special strings are read once per vocabulary size: one added after the first call counts."""
+    processor = ILMProcessor.from_components(tiny_components["llm"], catalog=CATALOG, num_query_tokens=QUERIES)
+    chat = [{"role": "user", "content": "hello <|tool|> world"}]
+    processor(messages=chat)
+    processor.tokenizer.add_special_tokens({"additional_special_tokens": ["<|tool|>"]})
+    tool = processor.tokenizer.convert_tokens_to_ids("<|tool|>")
+    assert tool not in processor(messages=chat)["input_ids"][0].tolist()  # typed: text, not the control token
+    assert tool in processor.tokenizer("<|tool|>", add_special_tokens=False)["input_ids"]
+
+
 def test_truncation_that_cuts_into_item_tokens_is_an_error(processor):
     chat = [{"role": "user", "content": "hello world , my name is <item> ."}]
     full = processor(messages=chat, item_ids=["1"])["input_ids"].shape[1]
