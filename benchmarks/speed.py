@@ -29,7 +29,7 @@ from transformers import TrainerCallback
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_generation import generation_times  # noqa: E402
 
-from training import finetune, pretrain  # noqa: E402
+from training import assets, finetune, pretrain  # noqa: E402
 from training.config import load_config  # noqa: E402
 from training.evaluate import evaluate_model  # noqa: E402
 from training.main import load_preset  # noqa: E402
@@ -148,7 +148,7 @@ def main(argv=None):
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args(argv)
     settings = load_preset(args.preset)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = assets.device()
     hardware = torch.cuda.get_device_name() if device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -700,6 +700,23 @@ def test_cache_folder_from_env(ilm, tiny_components, data_dir, tmp_path, monkeyp
     assert json.loads(stored.read_text())["result"]["ranking"] == first["models"]["text"]["ranking"]
 
 
+def test_merge_takes_one_candidates_file_by_any_path_and_refuses_another(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cands.json").write_text('{"u1": ["1", "2"]}')
+    (tmp_path / "copy.json").write_text('{"u1": ["1", "2"]}')
+    (tmp_path / "other.json").write_text('{"u1": ["2", "1"]}')
+
+    def result(path, name):
+        return {"protocol": {"split": "test", "candidates_file": path}, "models": {name: {"ranking": {}}}}
+
+    merged = merge_results([result("cands.json", "a"), result(str(tmp_path / "cands.json"), "b"), result("copy.json", "c")])
+    assert list(merged["models"]) == ["a", "b", "c"]
+    with pytest.raises(ValueError, match=r"different protocols \(differ in \['candidates_file'\]\)"):
+        merge_results([result("cands.json", "a"), result("other.json", "b")])
+    with pytest.raises(ValueError, match="different protocols"):  # a file that is not here cannot be checked
+        merge_results([result("cands.json", "a"), result("gone.json", "b")])
+
+
 def test_cli_end_to_end_and_merge(ilm, data_dir, sentence_model, tmp_path, capsys):
     model, processor = ilm
     model.save_pretrained(tmp_path / "tiny-ilm")

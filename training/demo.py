@@ -20,6 +20,7 @@ import torch
 
 from modeling_ilm import ILMForConditionalGeneration, ILMPipeline, ILMProcessor
 from modeling_ilm.configuration_ilm import ITEM_TOKEN, USER_TOKEN
+from training import assets
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +131,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    device = assets.device(args.device)
     model = ILMForConditionalGeneration.from_pretrained(args.model).to(device).eval()
     processor = ILMProcessor.from_pretrained(args.model)
     build_demo(model, processor, args.top_k, args.noun).launch(server_name=args.host, server_port=args.port or None)

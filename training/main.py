@@ -31,10 +31,6 @@ def load_preset(preset: str) -> dict:
     return read_config_file(path)
 
 
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def stage(name, timings):
     """Context manager that logs a stage and records its wall time."""
 
@@ -114,7 +110,7 @@ def evaluate_stage(settings, model_dir, data_dir, eval_dir, name):
 
     if (eval_dir / "results.json").exists():
         return json.loads((eval_dir / "results.json").read_text())
-    model = ILMForConditionalGeneration.from_pretrained(model_dir).to(default_device()).eval()
+    model = ILMForConditionalGeneration.from_pretrained(model_dir).to(assets.device()).eval()
     processor = ILMProcessor.from_pretrained(model_dir)
     common = dict(users=settings.get("users"), bootstrap=settings.get("bootstrap", 1000))
     if settings.get("sections"):
@@ -159,7 +155,7 @@ def demo(model_dir, data_dir):
     from training.evaluate.lm import ChatModel
     from training.evaluate.prompts import NEXT_ITEM_TEMPLATE, recommendation_prompt
 
-    model = ILMForConditionalGeneration.from_pretrained(model_dir).to(default_device()).eval()
+    model = ILMForConditionalGeneration.from_pretrained(model_dir).to(assets.device()).eval()
     processor = ILMProcessor.from_pretrained(model_dir)
     star_wars = [i for i in ("50", "181", "172") if i in processor._index["item"]]  # the trilogy in ml-100k
     turns = [

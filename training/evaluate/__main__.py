@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from training import assets
+
 from .harness import BASELINES, SECTIONS, evaluate_baselines, evaluate_model, load_base_llm
 from .protocol import load_protocol
 from .report import merge_results, to_markdown, write_report
@@ -74,7 +76,7 @@ def main(argv=None):
         protocol = load_protocol(args.data, args.split, args.candidates, args.users, args.seed, args.history_len)
         common = dict(protocol=protocol, bootstrap=args.bootstrap, sections=args.sections, full_catalog=args.full_catalog,
                       batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, reduce=args.score)
-        device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+        device = assets.device(args.device)
         results, llm, tokenizer = [], None, None
         if args.model:
             from modeling_ilm import ILMForConditionalGeneration, ILMProcessor

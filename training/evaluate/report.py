@@ -71,7 +71,7 @@ def merge_results(results) -> dict:
         raise ValueError("Nothing to merge.")
     merged = {"protocol": results[0]["protocol"], "models": {}}
     for r in results[1:]:
-        differ = {k for k in merged["protocol"].keys() | r["protocol"].keys() if merged["protocol"].get(k) != r["protocol"].get(k)}
+        differ = {k for k in merged["protocol"].keys() | r["protocol"].keys() if not same_setting(k, merged["protocol"].get(k), r["protocol"].get(k))}
         if differ:
             raise ValueError(f"Results were computed on different protocols (differ in {sorted(differ)}); they are not comparable.")
     for r in results:
@@ -85,6 +85,17 @@ def merge_results(results) -> dict:
             if "timing_s" in model:
                 model["timing_s"] = round(timing, 1)
     return merged
+
+
+def same_setting(key, a, b) -> bool:
+    """Protocol values compare as equal; a candidates file also when two paths name the same file
+    (a relative and an absolute path, say), or files with the same bytes."""
+    if a == b:
+        return True
+    if key != "candidates_file" or a is None or b is None:
+        return False
+    a, b = Path(a), Path(b)
+    return a.is_file() and b.is_file() and (a.resolve() == b.resolve() or a.read_bytes() == b.read_bytes())
 
 
 def lookup(values, path):
