@@ -1,6 +1,5 @@
 """The dataset card of a published data build (`training.publish --dataset`), made like the model card."""
 
-import json
 from pathlib import Path
 
 import yaml
@@ -65,8 +64,7 @@ def build_dataset_card(rows: dict, stats: dict, repo_id: str, license: str | Non
     )
 
 
-def write_dataset_card(folder, rows: dict, data_dir, repo_id: str, license: str | None = None) -> Path:
-    stats = json.loads((Path(data_dir) / "stats.json").read_text())
+def write_dataset_card(folder, rows: dict, stats: dict, repo_id: str, license: str | None = None) -> Path:
     path = Path(folder) / "README.md"
     build_dataset_card(rows, stats, repo_id, license).save(path)
     return path

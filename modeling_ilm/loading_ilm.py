@@ -14,6 +14,7 @@ import os
 
 import torch
 from safetensors import SafetensorError
+from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, PreTrainedModel
 from transformers.utils import cached_file, logging
 
@@ -162,8 +163,6 @@ def load_light_checkpoint(cls, path, config, **kwargs):
     Hub arguments, `dtype`, `attn_implementation` and a single-device `device_map` ("cpu", "cuda:0");
     any other `from_pretrained` argument is refused by name rather than ignored.
     """
-    from safetensors.torch import load_file
-
     handled = {*HUB_KWARGS, "dtype", "attn_implementation", "device_map", "text_model_name_or_path", "trust_remote_code", "code_revision"}
     # "_from_auto", adapter_kwargs (its top-level adapter lookup, empty here) & co are the Auto classes' own
     unsupported = sorted(k for k in kwargs if k not in handled and not k.startswith("_") and k != "adapter_kwargs")

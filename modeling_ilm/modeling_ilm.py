@@ -457,15 +457,15 @@ class ILMForConditionalGeneration(ILMPreTrainedModel, GenerationMixin):
                 f"(ILMProcessor does this); found counts per row that are not a multiple of it: {counts}."
             )
         name, value = given[0]
-        selected = self._entities_in_rows(f"{kind}_{name}", value, [count // queries for count in counts])
+        selected = self._entities_in_rows(kind, name, value, [count // queries for count in counts])
         if name == "tokens":
             return selected
         get_tokens = self.get_item_tokens if kind == "item" else self.get_user_tokens
         return get_tokens(**{f"{kind}_{name}": selected})
 
-    def _entities_in_rows(self, name: str, value, per_row: list) -> torch.Tensor:
-        """The entries of `value` (ids, CF vectors or tokens per row) that `per_row` placeholders use, row-major."""
-        kind, what = name.split("_")
+    def _entities_in_rows(self, kind: str, what: str, value, per_row: list) -> torch.Tensor:
+        """The entries of `value` (`what`: "ids", "embeds" or "tokens" per row) that `per_row` placeholders use, row-major."""
+        name = f"{kind}_{what}"  # the argument's name, for the errors
         if not torch.is_tensor(value):
             raise TypeError(f"{name} must be a torch tensor (ILMProcessor returns one), got {type(value).__name__}.")
         if what == "ids" and (value.dtype.is_floating_point or value.dtype == torch.bool):

@@ -195,7 +195,8 @@ class ILMProcessor(ProcessorMixin):
             raise TypeError(f"ILMProcessor got unknown keyword arguments {unknown}; tokenizer options are {sorted(TextKwargs.__annotations__)}.")
         text_kwargs = self._merge_kwargs(ILMProcessorKwargs, **kwargs)["text_kwargs"]
         padding_side, return_tensors, padding = (text_kwargs.pop(key) for key in ("padding_side", "return_tensors", "padding"))
-        tokenizer_kwargs = text_kwargs if padding is True else {**text_kwargs, "padding": padding}
+        # the options the caller set beyond the processor's own (left padding to the longest prompt)
+        options = sorted(text_kwargs) + ([] if padding is True else ["padding"])
         item_rendering = _check_item_rendering(self.item_rendering if item_rendering is None else item_rendering)
         if (text is None) == (messages is None):
             raise ValueError("Pass exactly one of `text` or `messages`.")
@@ -236,17 +237,17 @@ class ILMProcessor(ProcessorMixin):
                     )
 
         if any(literals):
-            if tokenizer_kwargs:
-                raise ValueError(f"Tokenizer options {sorted(tokenizer_kwargs)} cannot be combined with literal text (escaped placeholders or control tokens in the input).")
+            if options:
+                raise ValueError(f"Tokenizer options {options} cannot be combined with literal text (escaped placeholders or control tokens in the input).")
             encoding = self._tokenize_with_literals(prompts, literals, padding_side)
         else:
             encoding = self.tokenizer(  # lists: every output becomes `return_tensors` at the end, alike
                 prompts,
-                padding=tokenizer_kwargs.pop("padding", True),
+                padding=padding,
                 padding_side=padding_side,  # for this call only: the tokenizer keeps its own setting
                 add_special_tokens=False,
                 return_offsets_mapping=return_labels,
-                **tokenizer_kwargs,
+                **text_kwargs,
             )
         data = {"input_ids": encoding["input_ids"], "attention_mask": encoding["attention_mask"]}
         for i, ids in enumerate(data["input_ids"]):  # e.g. truncation=True may cut a placeholder run

@@ -71,8 +71,9 @@ def respond(pipe: ILMPipeline, session: ChatSession, message: str, liked_ids, re
         raise ValueError("Type a message or pick some items you liked.")
     shown = session.add_user_turn(message, liked_ids or [], pipe.processor)
     out = pipe({"messages": session.messages, "item_ids": session.item_ids}, recommend=recommend)
+    top = recommendations(pipe.model, pipe.processor, session, top_k)  # from the prompt the answer came from
     session.add_answer(out["generated_text"])
-    return shown, out["generated_text"], out["item_id"], recommendations(pipe.model, pipe.processor, session, top_k)
+    return shown, out["generated_text"], out["item_id"], top
 
 
 def build_demo(model, processor, top_k=5, noun="item"):

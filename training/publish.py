@@ -279,7 +279,7 @@ def publish_dataset(data_dir, repo_id: str, *, private: bool = False, dry_run: b
 
     def build(staging):
         rows = export_dataset(data_dir, staging)
-        write_dataset_card(staging, rows, data_dir, repo_id, license)
+        write_dataset_card(staging, rows, stats, repo_id, license)
         validate_dataset(staging, rows)
 
     return publish_folder(build, repo_id, "dataset", private=private, dry_run=dry_run, out=out)

@@ -163,7 +163,6 @@ def to_markdown(results: dict) -> str:
 def write_report(results: dict, out_dir) -> tuple:
     """Writes <out_dir>/results.json and results.md; returns their paths."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out_dir / "results.json", out_dir / "results.md"
     write_text_atomic(json_path, json.dumps(results, indent=2))  # a killed evaluation leaves no half results.json
     write_text_atomic(md_path, to_markdown(results))
