@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from safetensors import SafetensorError
 from torch import nn
-from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers import AutoModelForCausalLM, Cache, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutput, CausalLMOutputWithPast
 from transformers.models.blip_2.modeling_blip_2 import Blip2QFormerModel, Blip2TextEmbeddings
@@ -493,6 +493,8 @@ class ILMForConditionalGeneration(ILMPreTrainedModel, GenerationMixin):
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
         item_ids: torch.LongTensor | None = None,
         user_ids: torch.LongTensor | None = None,
         item_embeds: torch.FloatTensor | None = None,
@@ -525,6 +527,8 @@ class ILMForConditionalGeneration(ILMPreTrainedModel, GenerationMixin):
             The items the ranking head scores (default: the whole catalog), shared or per row.
         rank_item_tokens (`(num_items, Q, llm_hidden)` or `(batch_size, num_items, Q, llm_hidden)`, *optional*):
             Their precomputed tokens instead (`get_item_tokens`).
+        position_ids, cache: as the language model takes them; a `Cache` from an earlier call continues
+            it (item tokens already in it are not given again), e.g. a prompt prefix reused by `generate`.
         The ranking head reads the LLM's last hidden state where the answer starts: before the first
         label when `labels` are given, else at the last attended position (the generation prompt).
         """
@@ -558,6 +562,8 @@ class ILMForConditionalGeneration(ILMPreTrainedModel, GenerationMixin):
         outputs = dict(self.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
             labels=labels,
             logits_to_keep=logits_to_keep,
             output_hidden_states=want_hidden or rank,

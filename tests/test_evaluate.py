@@ -18,6 +18,7 @@ from safetensors.numpy import load_file
 from transformers import AutoModelForCausalLM, BertModel, BertTokenizerFast
 
 from modeling_ilm import ILMForConditionalGeneration, ILMProcessor
+from training import assets
 from training.data import DataValidationError, build_dataset
 from training.data.templates import ITEM_TOKEN, USER_TOKEN
 from training.evaluate import evaluate_baselines, evaluate_model, load_protocol, merge_results, to_markdown, write_report
@@ -275,6 +276,36 @@ def test_cached_likelihood_equals_full_forward_and_ignores_order(ilm, protocol):
     np.testing.assert_allclose(mean, scores / [len(chat.answer_ids(t)) for t in titles], rtol=1e-5)
 
 
+def test_one_prefill_serves_scores_and_generations_as_prompts_run_alone(ilm, protocol):
+    """A batch of prompts of different lengths (left-padded) runs once: each row's likelihoods, free
+    and constrained greedy answers equal those of its prompt run alone."""
+    model, processor = ilm
+    model = copy.deepcopy(model)
+    with torch.no_grad():  # sharp attention: the random tiny LLM's is near uniform, blind to positions
+        for layer in model.language_model.model.layers:
+            layer.self_attn.q_proj.weight *= 30
+            layer.self_attn.k_proj.weight *= 30
+    chat = ChatModel(model, processor, answer_chunk=3, max_new_tokens=4)
+    users = protocol.users[:4]
+    prompts = [recommendation_prompt(protocol, u, CANDIDATE_TEMPLATE, with_candidates=True) for u in users]
+    prompts[1] = dataclasses.replace(prompts[1], item_ids=prompts[1].item_ids[:2], user_ids=[], messages=[{"role": "user", "content": "Pick one of <item>, <item>."}])
+    candidates = [protocol.candidates[u] for u in users]
+    titles = [[protocol.titles[c] for c in row] for row in candidates]
+    prefill = chat.prefill(prompts)
+    assert prefill.padding(1) > 0 and prefill.padding(0) == 0  # the short prompt is left-padded
+    for (sums, lengths), prompt, answers in zip(chat.score_rows(prefill, titles), prompts, titles):
+        alone_sums, alone_lengths = chat.score_parts(prompt, answers)
+        np.testing.assert_allclose(sums, alone_sums, rtol=1e-4, atol=1e-4)
+        np.testing.assert_array_equal(lengths, alone_lengths)
+    scores = [np.linspace(0, 1, len(row)) for row in candidates]
+    free, constrained = chat.generate_batch(prefill), chat.generate_batch(prefill, candidates=candidates, candidate_scores=scores)
+    for i, prompt in enumerate(prompts):
+        assert free[i] == chat.generate([prompt])[0]
+        assert constrained[i] == chat.generate([prompt], candidates=[candidates[i]], candidate_scores=[scores[i]])[0]
+        assert processor.match_item(constrained[i], candidates=candidates[i])
+    assert free == chat.generate(prompts)  # also as one batch without the prefill
+
+
 def test_mean_and_calibrated_scores_by_hand(ilm, protocol):
     model, processor = ilm
     chat = ChatModel(model, processor, answer_chunk=3)
@@ -309,17 +340,17 @@ def test_mean_and_calibrated_scores_by_hand(ilm, protocol):
 def test_three_likelihood_rankings_cost_one_scoring_pass(ilm, protocol, monkeypatch):
     model, processor = ilm
     calls = []
-    score_parts = ChatModel.score_parts
+    prefill = ChatModel.prefill
 
-    def counting(self, prompt, answers):
-        calls.append(prompt.messages[0]["content"])
-        return score_parts(self, prompt, answers)
+    def counting(self, prompts):
+        calls.extend(p.messages[0]["content"] for p in prompts)
+        return prefill(self, prompts)
 
-    monkeypatch.setattr(ChatModel, "score_parts", counting)
-    chat = ChatModel(model, processor)
+    monkeypatch.setattr(ChatModel, "prefill", counting)
+    chat = ChatModel(model, processor, batch_size=4)
     rankings = ("ranking", "ranking_mean", "ranking_calibrated")
     out = llm_sections(chat, protocol, rankings, "tiny", bootstrap=50)
-    assert len(calls) == len(protocol.users) + 1  # one pass per user, one content-free pass for every title
+    assert len(calls) == len(protocol.users) + 1  # each user's prompt runs once, one content-free pass for every title
     assert set(out) == set(rankings)
     for section in rankings:
         assert set(out[section]) == {"hr@1", "ndcg@5"}
@@ -409,9 +440,13 @@ def test_ranking_head_scores_prompts_in_batches_as_one_by_one(ilm, protocol):
     batched = ChatModel(model, processor, batch_size=4)
     batched.rank_prompts(prompts)
     one_by_one = ChatModel(model, processor, batch_size=1)
+    # generation's forward of the prompts ranks them too (the full-catalog section's), answers unchanged
+    generating = ChatModel(model, processor, batch_size=4, max_new_tokens=3)
+    assert generating.generate(prompts, rank=True) == generating.generate(prompts) and len(generating._ranked) == len(prompts)
     for prompt, user in zip(prompts, protocol.users):
         catalog = one_by_one.rank(prompt)
         np.testing.assert_allclose(batched.rank(prompt), catalog, atol=1e-5)
+        np.testing.assert_allclose(generating._ranked[repr(prompt)], catalog, atol=1e-5)
         candidates = protocol.candidates[user]
         np.testing.assert_array_equal(batched.rank(prompt, candidates), batched.rank(prompt)[processor.rows(candidates)])
 
@@ -533,7 +568,7 @@ def test_evaluate_model_and_baselines_write_one_report(ilm, data_dir, sentence_m
     assert protocol == {"name": f"{NUM_CANDIDATES}-candidate", "num_candidates": NUM_CANDIDATES, "split": "test", "users": 4,
                         "candidates_file": str(data_dir / "candidates" / "test.json"), "history_len": 10, "bootstrap": 100, "seed": 0}
     got = results["models"]["tiny-ilm"]
-    assert set(got) == {*SCHEMA, "alignment", "preservation", "timing_s"}
+    assert set(got) == {*SCHEMA, "alignment", "preservation", "timing_s", "dtype"} and got["dtype"] == "float32"
     for section, keys in SCHEMA.items():
         assert set(got[section]) == keys
         for key in keys - {"hr@1_valid"}:  # undefined when no answer is valid
@@ -548,7 +583,7 @@ def test_evaluate_model_and_baselines_write_one_report(ilm, data_dir, sentence_m
     baselines = evaluate_baselines(data_dir, llm=llm, tokenizer=processor.tokenizer, **common)
     assert baselines["protocol"] == protocol
     assert set(baselines["models"]["pop"]) == set(baselines["models"]["als"]) == {"ranking", "timing_s"}
-    assert set(baselines["models"]["text"]) == {*SCHEMA, "timing_s"}
+    assert set(baselines["models"]["text"]) == {*SCHEMA, "timing_s", "dtype"}
     assert set(baselines["models"]["text"]["full_catalog"]) == {"exact_title_hit"}  # no --full-catalog here
 
     merged = merge_results([results, baselines])
@@ -599,11 +634,11 @@ def test_report_has_calibrated_and_ranking_head_columns():
 
 
 class ModelCalls:
-    """Counts ChatModel.score_parts / generate calls, or (strict) fails on any."""
+    """Counts the model's forwards (ChatModel.prefill / generate_batch calls), or (strict) fails on any."""
 
     def __init__(self, monkeypatch):
         self.monkeypatch, self.count, self.strict = monkeypatch, 0, False
-        for name in ("score_parts", "generate"):
+        for name in ("prefill", "generate_batch"):
             original = getattr(ChatModel, name)
             monkeypatch.setattr(ChatModel, name, self.wrap(original))
 
@@ -631,10 +666,10 @@ def test_text_baseline_cache_hits_and_misses(ilm, tiny_components, data_dir, pro
                   sections=("ranking", "ranking_calibrated", "generation"), cache_dir=folder)
     calls = ModelCalls(monkeypatch)
     first, ran = calls.run(evaluate_baselines, data_dir, llm=llm, **common)
-    assert ran and set(first["models"]["text"]) == {"ranking", "ranking_calibrated", "generation", "timing_s"}
+    assert ran and set(first["models"]["text"]) == {"ranking", "ranking_calibrated", "generation", "timing_s", "dtype"}
     assert len(list(folder.glob("*.json"))) == 1 and not list(folder.glob("*.tmp"))
     entry = json.loads(next(folder.glob("*.json")).read_text())
-    assert entry["cache_version"] == cache.CACHE_VERSION and entry["result"] == first["models"]["text"]
+    assert entry["cache_version"] == cache.CACHE_VERSION and entry["result"] | {"dtype": "float32"} == first["models"]["text"]
 
     # the same LLM (another copy of the weights), data and protocol: the stored result, the model not run
     calls.strict = True
@@ -733,6 +768,24 @@ def test_cli_end_to_end_and_merge(ilm, data_dir, sentence_model, tmp_path, capsy
     assert list(merged["models"]) == ["tiny-ilm", "pop", "als", "text"]
     assert "| text |" in capsys.readouterr().out
     assert to_markdown(merged) == (tmp_path / "m" / "results.md").read_text()
+
+
+def test_evaluation_precision_auto_and_bfloat16_run(ilm, data_dir, tmp_path, monkeypatch):
+    assert assets.dtype("float32") is torch.float32 and assets.dtype("bfloat16") is torch.bfloat16
+    with pytest.raises(ValueError, match="dtype 'half'; choose auto, float32, bfloat16"):
+        assets.dtype("half")
+    for amx, expected in ((True, torch.bfloat16), (False, torch.float32)):  # auto on a CPU: bfloat16 only with AMX
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda amx=amx: amx)
+        assert assets.dtype("auto", "cpu") is expected
+    model, processor = ilm
+    model.save_pretrained(tmp_path / "tiny-ilm")
+    processor.save_pretrained(tmp_path / "tiny-ilm")
+    cli_main(["--model", str(tmp_path / "tiny-ilm"), "--data", str(data_dir), "--users", "3", "--bootstrap", "0", "--max-new-tokens", "3",
+              "--sections", "ranking,generation,preservation", "--dtype", "bfloat16", "--out", str(tmp_path / "bf16")])
+    got = json.loads((tmp_path / "bf16" / "results.json").read_text())["models"]["tiny-ilm"]
+    # the frozen LLM reloaded for the check is cast as the ILM's was: still logit for logit
+    assert got["dtype"] == "bfloat16" and got["preservation"]["max_abs_logit_diff"] == 0.0
+    assert "| tiny-ilm | " in (tmp_path / "bf16" / "results.md").read_text() and "bfloat16 |" in (tmp_path / "bf16" / "results.md").read_text()
 
 
 # --------------------------------------------------------------------------------------------- real defaults

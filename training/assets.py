@@ -29,6 +29,24 @@ def device(name: str = "auto") -> str:
     return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def dtype(name: str = "auto", device_name: str = "cpu") -> torch.dtype:
+    """`name` ("float32", "bfloat16"), where "auto" is bfloat16 where it runs fast: a CUDA GPU that
+    supports it, or a CPU with AMX tiles (bfloat16 matrix units; about 1.6x faster evaluation than
+    float32 on this project's 2-core machine); float32 elsewhere (the CLIs' --dtype)."""
+    if name != "auto":
+        if name not in DTYPES:
+            raise ValueError(f"dtype {name!r}; choose auto, {', '.join(DTYPES)}.")
+        return DTYPES[name]
+    if str(device_name).startswith("cuda"):
+        fast = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    else:
+        fast = str(device_name) == "cpu" and getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    return torch.bfloat16 if fast else torch.float32
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("ILM_CACHE", Path.home() / ".cache" / "ilm"))
 

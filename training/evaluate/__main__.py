@@ -57,6 +57,7 @@ def parse_args(argv=None):
     p.add_argument("--llm", default="default", help="frozen LLM of the text baseline without --model (default: the embedded one)")
     p.add_argument("--sentence-model", help="encoder for semantic consistency (default: the MiniLM asset)")
     p.add_argument("--device", default="auto", help="cpu, cuda, ... (auto: cuda when available)")
+    p.add_argument("--dtype", default="auto", choices=["auto", *assets.DTYPES], help="precision of the LLMs (auto: bfloat16 on a GPU that supports it or a CPU with AMX, else float32)")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice; 1 is faster on an oversubscribed machine)")
     p.add_argument("--merge", nargs="+", metavar="RESULTS_JSON", help="only merge these results.json files into --out")
     args = p.parse_args(argv)
@@ -77,11 +78,12 @@ def main(argv=None):
         common = dict(protocol=protocol, bootstrap=args.bootstrap, sections=args.sections, full_catalog=args.full_catalog,
                       batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, reduce=args.score)
         device = assets.device(args.device)
+        dtype = assets.dtype(args.dtype, device)
         results, llm, tokenizer = [], None, None
         if args.model:
             from modeling_ilm import ILMForConditionalGeneration, ILMProcessor
 
-            model = ILMForConditionalGeneration.from_pretrained(args.model).to(device).eval()
+            model = ILMForConditionalGeneration.from_pretrained(args.model).to(device, dtype).eval()
             processor = ILMProcessor.from_pretrained(args.model)
             if "preservation" in args.sections or "text" in args.baselines:
                 llm, tokenizer = load_base_llm(model), processor.tokenizer  # the frozen LLM as published
@@ -90,7 +92,7 @@ def main(argv=None):
                 alignment_rows=args.alignment_rows or None, sentence_model=args.sentence_model, base_llm=llm, **common,
             ))
         if args.baselines:
-            results.append(evaluate_baselines(args.data, args.baselines, llm=llm, tokenizer=tokenizer, llm_path=args.llm, device=device, **common))
+            results.append(evaluate_baselines(args.data, args.baselines, llm=llm, tokenizer=tokenizer, llm_path=args.llm, device=device, dtype=dtype, **common))
         merged = merge_results(results)
     json_path, md_path = write_report(merged, args.out)
     print(to_markdown(merged))

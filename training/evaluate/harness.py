@@ -21,6 +21,7 @@ from .prompts import text_processor
 from .protocol import load_protocol
 from .recommendation import (
     LikelihoodScores,
+    candidate_prompt_pass,
     full_catalog_section,
     generation_section,
     head_full_catalog_section,
@@ -54,19 +55,20 @@ def log_section(name, section, values):
 def llm_sections(chat_model, protocol, sections, name, full_catalog=False, bootstrap=1000):
     """The recommendation sections any chat model (ILM or text-only LLM) is evaluated on."""
     seed, out = protocol.seed, {}
+    if "full_catalog" in sections:  # first: its forwards of the next-item prompts also rank them for the head
+        out["full_catalog"] = full_catalog_section(chat_model, protocol, full_catalog, bootstrap, seed)
     likelihood = LikelihoodScores(chat_model, protocol)  # scores each user's candidates once for all three
+    generations = [s for s in ("generation", "generation_constrained") if s in sections]
+    # one forward of each candidate prompt for the likelihoods and both generations
+    answers = candidate_prompt_pass(chat_model, protocol, likelihood if set(RANKINGS) & set(sections) else None, generations)
     for section, score_fn in zip(RANKINGS, (likelihood.reduced, likelihood.mean, likelihood.calibrated)):
         if section in sections:
             out[section] = ranking_section(score_fn, protocol, bootstrap, seed, desc=f"{name} {section}")
+    for section in generations:
+        out[section] = generation_section(chat_model, protocol, bootstrap, seed, constrained=section == "generation_constrained", answers=answers[section])
     if "ranking_head" in sections and chat_model.has_ranking_head:
         out["ranking_head"] = ranking_section(head_scorer(chat_model, protocol), protocol, bootstrap, seed, desc=f"{name} ranking head")
         out["ranking_head"] |= {f"full_catalog_{k}": v for k, v in head_full_catalog_section(chat_model, protocol, bootstrap, seed).items()}
-    if "generation" in sections:
-        out["generation"] = generation_section(chat_model, protocol, bootstrap, seed)
-    if "generation_constrained" in sections:
-        out["generation_constrained"] = generation_section(chat_model, protocol, bootstrap, seed, constrained=True)
-    if "full_catalog" in sections:
-        out["full_catalog"] = full_catalog_section(chat_model, protocol, full_catalog, bootstrap, seed)
     for section, values in out.items():
         log_section(name, section, values)
     return out
@@ -119,8 +121,13 @@ def evaluate_model(
         result["preservation"] = {"max_abs_logit_diff": max_logit_difference(model, processor, base_llm)}
         log.info("%s / preservation: max |logit diff| vs the base LLM = %g", name, result["preservation"]["max_abs_logit_diff"])
     result["timing_s"] = round(time.perf_counter() - start, 1)
-    log.info("%s: evaluated in %.1fs", name, result["timing_s"])
+    result["dtype"] = dtype_name(model)
+    log.info("%s: evaluated in %.1fs (%s)", name, result["timing_s"], result["dtype"])
     return {"protocol": protocol.describe(bootstrap), "models": {name: result}}
+
+
+def dtype_name(model) -> str:
+    return str(model.dtype).removeprefix("torch.")
 
 
 def load_base_llm(model):
@@ -129,7 +136,8 @@ def load_base_llm(model):
     if not path:
         log.warning("The model names no text_model_name_or_path: comparing with its own language_model.")
         return model.language_model
-    return AutoModelForCausalLM.from_pretrained(path, dtype=model.language_model.dtype).to(model.device).eval()
+    # loaded as the ILM loads it (float32), then cast: loading straight into bfloat16 rounds differently
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(model.device, model.language_model.dtype).eval()
 
 
 def evaluate_baselines(
@@ -151,11 +159,12 @@ def evaluate_baselines(
     max_new_tokens=24,
     reduce="sum",
     device="cpu",
+    dtype=torch.float32,
     cache_dir=None,
 ) -> dict:
     """Popularity and ALS (ranking only), and text-only prompting of a frozen LLM (`llm` +
     `tokenizer`, else loaded from `llm_path`, "default" being the embedded default LLM): same users,
-    candidates and templates. `device`: where a loaded LLM runs.
+    candidates and templates. `device` and `dtype`: where and in what precision a loaded LLM runs.
 
     The text baseline's sections are cached on disk (see cache.py), keyed by the LLM's weights and
     tokenizer, the data and the protocol: `cache_dir` is the folder (default $ILM_CACHE_DIR, else
@@ -168,7 +177,7 @@ def evaluate_baselines(
     models = {}
     if "text" in baselines and llm is None:
         path = resolve_llm(llm_path)
-        llm = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).eval()
+        llm = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device, dtype).eval()  # as load_base_llm
         tokenizer = tokenizer or AutoTokenizer.from_pretrained(path)
     if "text" in baselines and tokenizer is None:
         raise ValueError("The text baseline needs the LLM's tokenizer with `llm`.")
@@ -194,12 +203,12 @@ def text_baseline(chat_model, protocol, sections, name="text", full_catalog=Fals
         return llm_sections(chat_model, protocol, sections, name, full_catalog, bootstrap) | {"timing_s": round(time.perf_counter() - start, 1)}
 
     if cache.cache_folder(cache_dir) is None:
-        return compute()
-    key, parts = cache.text_baseline_key(chat_model, protocol, sections, bootstrap, full_catalog)
+        return compute() | {"dtype": dtype_name(chat_model.model)}
+    key, parts = cache.text_baseline_key(chat_model, protocol, sections, bootstrap, full_catalog)  # the weights' dtype included
 
     def on_hit(result):
         for section, values in result.items():
             if isinstance(values, dict):
                 log_section(name, section, values)
 
-    return cache.cached(key, compute, cache_dir, parts, what=f"{name} baseline", on_hit=on_hit)
+    return cache.cached(key, compute, cache_dir, parts, what=f"{name} baseline", on_hit=on_hit) | {"dtype": dtype_name(chat_model.model)}

@@ -3,11 +3,12 @@ answers to items. One class serves the ILM (placeholders become precomputed item
 the text-only baseline (its frozen LLM reading titles instead)."""
 
 import copy
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
-from transformers import GenerationConfig
+from transformers import DynamicCache, GenerationConfig
 
 from modeling_ilm.constrained_decoding import GUIDE_WEIGHT
 from modeling_ilm.processing_ilm import normalize_title
@@ -21,6 +22,37 @@ def content_free_prompt(noun: str) -> Prompt:
     same for the ILM as for its frozen LLM."""
     article = "an" if noun[:1].lower() in "aeiou" else "a"
     return Prompt([{"role": "user", "content": f"Recommend {article} {noun}."}], [], [])
+
+
+@dataclass
+class Prefill:
+    """A batch of encoded prompts after one forward: `inputs` (left-padded, as `ChatModel.encode`
+    gives), the KV cache of the whole prompts and the logits of their last position. Positions count
+    attended tokens only (as `generate` numbers a left-padded row), so a row's cache without its
+    left padding is the cache of that prompt run alone."""
+
+    inputs: dict
+    cache: DynamicCache
+    last_logits: torch.Tensor
+
+    def padding(self, row: int) -> int:
+        return int((self.inputs["attention_mask"][row] == 0).sum())
+
+    def row_cache(self, row: int, repeat: int = 1) -> DynamicCache:
+        """The cache of one row without its padding, `repeat` times over (views: the first update
+        of the cache makes its own tensors, so the prefill's stays as it is)."""
+        start = self.padding(row)
+        return DynamicCache([
+            (layer.keys[row : row + 1, :, start:].expand(repeat, -1, -1, -1), layer.values[row : row + 1, :, start:].expand(repeat, -1, -1, -1))
+            for layer in self.cache.layers
+        ])
+
+    def generation_cache(self) -> DynamicCache:
+        """A copy of the cache without the prompts' last token, which `generate` then runs (it needs
+        one token it has not seen)."""
+        cache = copy.deepcopy(self.cache)
+        cache.crop(-1)
+        return cache
 
 
 class ChatModel:
@@ -138,6 +170,17 @@ class ChatModel:
         return sums / lengths if self.reduce == "mean" else sums
 
     @torch.no_grad()
+    def prefill(self, prompts, rank=False) -> Prefill:
+        """Runs a batch of prompts once (see `Prefill`); `score_rows` and `generate_batch` read it.
+        `rank`: the same forward also ranks the catalog with the ranking head (kept for `rank`)."""
+        inputs = self.encode(prompts)
+        positions = (inputs["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+        ranking = {"rank_item_tokens": self.entity_tokens["item"]} if rank and self.has_ranking_head else {}
+        out = self.model(**inputs, position_ids=positions, use_cache=True, logits_to_keep=1, **ranking)
+        if ranking:
+            self._ranked.update({repr(p): row for p, row in zip(prompts, out.rank_logits.float().cpu().numpy())})
+        return Prefill(inputs, out.cache, out.logits[:, -1])
+
     def score_parts(self, prompt, answers) -> tuple:
         """(sums, lengths): each answer's summed log-likelihood given one prompt, and its number of
         answer tokens (`answer_ids`, end-of-turn token included); sums / lengths is the mean per token.
@@ -146,29 +189,34 @@ class ChatModel:
         right-padded (padding comes after an answer, so causal attention keeps it out of the score).
         The answers do not see each other, so the scores do not depend on their order.
         """
-        ids = [self.answer_ids(a) for a in answers]
-        lengths = np.array([len(a) for a in ids], dtype=np.int64)
-        sums = np.zeros(len(ids))
-        if not ids:
-            return sums, lengths
-        inputs = self.encode([prompt])
-        out = self.model(**inputs, use_cache=True, logits_to_keep=1)
-        first = out.logits[0, -1].float().log_softmax(-1)  # predicts every answer's first token
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths share a chunk: less padding
-        for start in range(0, len(order), self.answer_chunk):
-            chunk = order[start : start + self.answer_chunk]
-            sums[chunk] = self._score_chunk(out.cache, first, [ids[i] for i in chunk], inputs["input_ids"].shape[1])
-        return sums, lengths
+        return self.score_rows(self.prefill([prompt]), [answers])[0]
 
-    def _score_chunk(self, prompt_cache, first, ids, prompt_len):
-        """Summed log-likelihood of each answer (token ids) of a chunk after the cached prompt."""
+    @torch.no_grad()
+    def score_rows(self, prefill: Prefill, answers_per_row) -> list:
+        """`score_parts` of each prompt of a prefilled batch with its own answers."""
+        out = []
+        for row, answers in enumerate(answers_per_row):
+            ids = [self.answer_ids(a) for a in answers]
+            lengths = np.array([len(a) for a in ids], dtype=np.int64)
+            sums = np.zeros(len(ids))
+            if ids:
+                prompt_len = prefill.inputs["input_ids"].shape[1] - prefill.padding(row)
+                first = prefill.last_logits[row].float().log_softmax(-1)  # predicts every answer's first token
+                order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths share a chunk: less padding
+                for start in range(0, len(order), self.answer_chunk):
+                    chunk = order[start : start + self.answer_chunk]
+                    sums[chunk] = self._score_chunk(prefill.row_cache(row, len(chunk)), first, [ids[i] for i in chunk], prompt_len)
+            out.append((sums, lengths))
+        return out
+
+    def _score_chunk(self, cache, first, ids, prompt_len):
+        """Summed log-likelihood of each answer (token ids) of a chunk after the cached prompt (`cache`:
+        one row per answer)."""
         lengths = torch.tensor([len(a) for a in ids], device=self.device)
         width = int(lengths.max())
         padded = torch.tensor([a + [a[-1]] * (width - len(a)) for a in ids], device=self.device)
         token_logp = first[padded[:, :1]]
         if width > 1:
-            cache = copy.deepcopy(prompt_cache)
-            cache.batch_repeat_interleave(len(ids))
             mask = torch.ones(len(ids), prompt_len + width - 1, dtype=torch.long, device=self.device)
             logits = self.model(input_ids=padded[:, :-1], attention_mask=mask, cache=cache).logits.float()
             rest = logits.gather(-1, padded[:, 1:, None])[..., 0] - logits.logsumexp(-1)
@@ -186,26 +234,36 @@ class ChatModel:
             self._content_free.update({(noun, a): float(s) for a, s in zip(missing, sums)})
         return np.array([self._content_free[(noun, a)] for a in answers], dtype=float)
 
-    @torch.no_grad()
-    def generate(self, prompts, desc="generate", max_new_tokens=None, candidates=None, candidate_scores=None) -> list:
+    def generate(self, prompts, desc="generate", max_new_tokens=None, candidates=None, candidate_scores=None, rank=False) -> list:
         """Greedy answers (decoded, stripped) for a list of `Prompt`s, in batches.
         `max_new_tokens` lowers the budget for this call (never above the model's).
         `candidates`: one list of item ids per prompt; decoding is then constrained to their
         titles (a prefix trie), so every answer names one of them. `candidate_scores`: a score per
         candidate per prompt (the ranking head's) that guides the constrained decoding
-        (`guide_weight` x score; see `TitleConstrainedLogitsProcessor`)."""
-        config = GenerationConfig(**self.greedy, max_new_tokens=min(max_new_tokens or self.max_new_tokens, self.max_new_tokens))
+        (`guide_weight` x score; see `TitleConstrainedLogitsProcessor`). `rank`: the prompts'
+        forward also ranks the catalog with the head (`prefill`), so a later `rank` reads it."""
         answers = []
         for start in tqdm(range(0, len(prompts), self.batch_size), desc=desc, leave=False):
-            inputs = self.encode(prompts[start : start + self.batch_size])
-            constraint = None
-            if candidates is not None:
-                scores = None if candidate_scores is None else candidate_scores[start : start + self.batch_size]
-                constraint = self.processor.title_constraint(inputs["input_ids"], candidates[start : start + self.batch_size], scores, self.guide_weight)
-            out = self.model.generate(**inputs, generation_config=config, logits_processor=constraint)
-            new = out[:, inputs["input_ids"].shape[1] :]
-            answers += [text.strip() for text in self.processor.batch_decode(new, skip_special_tokens=True)]
+            batch = slice(start, start + self.batch_size)
+            answers += self.generate_batch(
+                self.prefill(prompts[batch], rank=True) if rank else self.encode(prompts[batch]), max_new_tokens,
+                None if candidates is None else candidates[batch], None if candidate_scores is None else candidate_scores[batch],
+            )
         return answers
+
+    @torch.no_grad()
+    def generate_batch(self, inputs, max_new_tokens=None, candidates=None, candidate_scores=None) -> list:
+        """`generate` for one batch: `inputs` from `encode`, or a `Prefill` whose cache spares the
+        prompts' forward."""
+        config = GenerationConfig(**self.greedy, max_new_tokens=min(max_new_tokens or self.max_new_tokens, self.max_new_tokens))
+        if isinstance(inputs, Prefill):  # the cache holds the item tokens: only ids and mask are read
+            inputs = {"input_ids": inputs.inputs["input_ids"], "attention_mask": inputs.inputs["attention_mask"], "cache": inputs.generation_cache()}
+        constraint = None
+        if candidates is not None:
+            constraint = self.processor.title_constraint(inputs["input_ids"], candidates, candidate_scores, self.guide_weight)
+        out = self.model.generate(**inputs, generation_config=config, logits_processor=constraint)
+        new = out[:, inputs["input_ids"].shape[1] :]
+        return [text.strip() for text in self.processor.batch_decode(new, skip_special_tokens=True)]
 
     def match_item(self, text, candidates):
         return match_answer(self.processor, text, candidates)

@@ -71,6 +71,10 @@ class LikelihoodScores:
             self._parts[key] = self.chat_model.score_parts(prompt, [self.protocol.titles[c] for c in candidates])
         return self._parts[key]
 
+    def remember(self, user_id, candidates, parts):
+        """Keeps `score_parts` computed elsewhere (`candidate_prompt_pass`)."""
+        self._parts[(user_id, tuple(candidates))] = parts
+
     def sum(self, user_id, candidates) -> np.ndarray:
         return self.parts(user_id, candidates)[0]
 
@@ -127,26 +131,53 @@ def head_full_catalog_section(chat_model, protocol, n_boot=1000, seed=0, templat
     return summarize_all(values, {"hr@10": "hr@10", "ndcg@10": "ndcg@10"}, n_boot, seed)
 
 
+def candidate_prompt_pass(chat_model, protocol, likelihood=None, generations=(), template_id=CANDIDATE_TEMPLATE) -> dict:
+    """Runs each user's candidate prompt once, in batches, for all that is read from it: the
+    likelihood of every candidate's title (kept in `likelihood`, a `LikelihoodScores`) and the greedy
+    answers of `generations` ("generation"; "generation_constrained": among the candidates' titles,
+    guided by the ranking head as in `generation_section`). Asked separately, each would run the
+    prompts again; the prompt is most of the cost. Returns {generation: answers in user order}."""
+    users, answers = protocol.users, {name: [] for name in generations}
+    head = head_scorer(chat_model, protocol) if "generation_constrained" in generations and chat_model.has_ranking_head else None
+    for start in tqdm(range(0, len(users), chat_model.batch_size), desc="candidate prompts", leave=False):
+        batch = users[start : start + chat_model.batch_size]
+        candidates = [protocol.candidates[u] for u in batch]
+        prefill = chat_model.prefill([recommendation_prompt(protocol, u, template_id, with_candidates=True) for u in batch])
+        if likelihood is not None:
+            titles = [[protocol.titles[c] for c in row] for row in candidates]
+            for user_id, row, parts in zip(batch, candidates, chat_model.score_rows(prefill, titles)):
+                likelihood.remember(user_id, row, parts)
+        for name in generations:
+            if name == "generation_constrained":
+                scores = [head(u, row) for u, row in zip(batch, candidates)] if head else None
+                answers[name] += chat_model.generate_batch(prefill, candidates=candidates, candidate_scores=scores)
+            else:
+                answers[name] += chat_model.generate_batch(prefill)
+    return answers
+
+
 def log_examples(name, users, answers, targets, n=3):
     for user_id, answer, truth in list(zip(users, answers, targets))[:n]:
         log.info("%s | user %s | answer %r | target %r", name, user_id, answer, truth)
 
 
-def generation_section(chat_model, protocol, n_boot=1000, seed=0, template_id=CANDIDATE_TEMPLATE, constrained=False) -> dict:
+def generation_section(chat_model, protocol, n_boot=1000, seed=0, template_id=CANDIDATE_TEMPLATE, constrained=False, answers=None) -> dict:
     """Greedy answers to the candidate prompt; `constrained`: decoding restricted to the user's
     candidate titles (a prefix trie), so the answer always names a candidate, and, for a model with
     a ranking head, guided by the head's scores of the candidates (read from the next-item prompt,
-    as in `head_scorer`), so the answer names the head's choice."""
+    as in `head_scorer`), so the answer names the head's choice. `answers`: the answers already
+    generated so (`candidate_prompt_pass`), in user order."""
     users = protocol.users
-    prompts = [recommendation_prompt(protocol, u, template_id, with_candidates=True) for u in users]
-    candidates = [protocol.candidates[u] for u in users] if constrained else None
-    scores = None
-    if constrained and chat_model.has_ranking_head:
-        head = head_scorer(chat_model, protocol)
-        scores = [head(u, protocol.candidates[u]) for u in users]
-    answers = chat_model.generate(
-        prompts, desc="generation (constrained)" if constrained else "generation (candidates)", candidates=candidates, candidate_scores=scores
-    )
+    if answers is None:
+        prompts = [recommendation_prompt(protocol, u, template_id, with_candidates=True) for u in users]
+        candidates = [protocol.candidates[u] for u in users] if constrained else None
+        scores = None
+        if constrained and chat_model.has_ranking_head:
+            head = head_scorer(chat_model, protocol)
+            scores = [head(u, protocol.candidates[u]) for u in users]
+        answers = chat_model.generate(
+            prompts, desc="generation (constrained)" if constrained else "generation (candidates)", candidates=candidates, candidate_scores=scores
+        )
     chosen = [chat_model.match_item(a, protocol.candidates[u]) for a, u in zip(answers, users)]
     log_examples("generation", users, answers, [protocol.titles[protocol.targets[u]] for u in users])
     values = per_example("choice", chosen, [protocol.targets[u] for u in users])
@@ -157,7 +188,8 @@ def full_catalog_section(chat_model, protocol, likelihood=False, n_boot=1000, se
     users = protocol.users
     prompts = [recommendation_prompt(protocol, u, template_id, with_candidates=False) for u in users]
     targets = [protocol.titles[protocol.targets[u]] for u in users]
-    answers = chat_model.generate(prompts, desc="generation (full catalog)")
+    # a head's scores of the catalog come from the same forward (`ranked_prompts` reads them)
+    answers = chat_model.generate(prompts, desc="generation (full catalog)", rank=chat_model.has_ranking_head)
     log_examples("full catalog", users, answers, targets)
     exact = per_example("exact_match", [normalize_title(a) for a in answers], [normalize_title(t) for t in targets])
     out = summarize_all(exact, {"exact_title_hit": "exact_match"}, n_boot, seed)

@@ -12,10 +12,11 @@ results.json:
                        "alignment": {"seen": {"title_exact_match", "genre_f1", "year_accuracy",
                                               "semantic_consistency"}, "unseen": {...}},
                        "preservation": {"max_abs_logit_diff": float},
-                       "timing_s": float}}}
+                       "timing_s": float, "dtype": "float32" | "bfloat16"}}}
 Sections that do not apply to a model are absent (popularity has only "ranking", ranking_head
 needs an ILM with a ranking head); ci95 is null when --bootstrap 0. A text baseline read from the
-cache (cache.py) has the timing_s of the run that computed it.
+cache (cache.py) has the timing_s of the run that computed it. dtype is the LLM's weights' precision
+(models scored in bfloat16 and float32 differ by a few 0.1 nats per answer; compare rows of one dtype).
 """
 
 import json
@@ -50,6 +51,7 @@ TABLES = {
     "Preservation and cost": [
         ("max abs logit diff vs base LLM", ("preservation", "max_abs_logit_diff")),
         ("time (s)", ("timing_s",)),
+        ("weights dtype", ("dtype",)),
     ],
 }
 
@@ -77,7 +79,7 @@ def merge_results(results) -> dict:
     for r in results:
         for name, values in r["models"].items():
             model = merged["models"].setdefault(name, {})
-            twice = (model.keys() & values.keys()) - {"timing_s"}
+            twice = {k for k in model.keys() & values.keys() if k != "timing_s" and not (k == "dtype" and model[k] == values[k])}
             if twice:
                 raise ValueError(f"Model {name!r} has sections {sorted(twice)} in two results; rename one (--name).")
             timing = model.get("timing_s", 0) + values.get("timing_s", 0)
@@ -114,7 +116,7 @@ def cell(value) -> str:
             return "–"
         ci = value.get("ci95")
         return f"{value['value']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
-    return f"{value:g}"
+    return value if isinstance(value, str) else f"{value:g}"
 
 
 def protocol_note(protocol: dict) -> str:
