@@ -8,7 +8,9 @@
    tokens. Target: ratio <= 1.15.
 2. Phase 1: the preset's Trainer step, per example.
 3. Generation: `bench_generation.py` (precomputed catalog item tokens against the bare LLM). Target <= 1.05.
-4. Evaluation: users per second for each section of the 20-candidate protocol (validation split).
+4. Evaluation: users per second for each section of the 20-candidate protocol (validation split),
+   and for the main job's recommendation sections together (they share prompt forwards), in float32
+   and in the precision `--dtype auto` picks here (bfloat16 on a CPU with AMX or a GPU).
 
 The weights are whatever `--steps` steps of each phase leave: cost does not depend on them. On a
 GPU the preset's bf16 applies to both sides of the phase-2 ratio (Trainer's autocast).
@@ -35,6 +37,7 @@ from training.evaluate import evaluate_model  # noqa: E402
 from training.main import load_preset  # noqa: E402
 
 EVAL_SECTIONS = ("ranking_head", "ranking", "generation", "generation_constrained")
+MAIN_SECTIONS = ("ranking", "ranking_mean", "ranking_calibrated", "ranking_head", "generation", "generation_constrained", "full_catalog")
 
 
 def synchronized_now():
@@ -132,9 +135,17 @@ def bench_phase2(settings, data_dir, out, steps, warmup):
 def bench_evaluation(model, processor, data_dir, users):
     model.eval()
     speeds = {}
+
+    def users_per_s(sections):
+        result = evaluate_model(model, processor, data_dir, split="validation", users=users, sections=sections, bootstrap=100)
+        return users / next(iter(result["models"].values()))["timing_s"]
+
     for section in EVAL_SECTIONS:
-        result = evaluate_model(model, processor, data_dir, split="validation", users=users, sections=[section], bootstrap=100)
-        speeds[section] = users / next(iter(result["models"].values()))["timing_s"]
+        speeds[section] = users_per_s([section])
+    for dtype in dict.fromkeys([torch.float32, assets.dtype("auto", str(model.device))]):
+        model.to(dtype)
+        speeds[f"all of {', '.join(MAIN_SECTIONS)} ({str(dtype).removeprefix('torch.')})"] = users_per_s(list(MAIN_SECTIONS))
+    model.to(torch.float32)
     return speeds
 
 
