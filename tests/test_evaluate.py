@@ -402,6 +402,13 @@ class ScriptedChatModel:
 
     def __init__(self, processor, protocol):
         self.processor, self.protocol = processor, protocol
+        self.batch_size = len(protocol.users)  # one batch: `generate` sees every prompt at once
+
+    def prefill(self, prompts):
+        return prompts
+
+    def generate_batch(self, prompts, candidates=None, candidate_scores=None):
+        return self.generate(prompts, "", candidates, candidate_scores)
 
     def generate(self, prompts, desc="", candidates=None, candidate_scores=None):
         answers = []

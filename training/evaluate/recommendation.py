@@ -169,15 +169,8 @@ def generation_section(chat_model, protocol, n_boot=1000, seed=0, template_id=CA
     generated so (`candidate_prompt_pass`), in user order."""
     users = protocol.users
     if answers is None:
-        prompts = [recommendation_prompt(protocol, u, template_id, with_candidates=True) for u in users]
-        candidates = [protocol.candidates[u] for u in users] if constrained else None
-        scores = None
-        if constrained and chat_model.has_ranking_head:
-            head = head_scorer(chat_model, protocol)
-            scores = [head(u, protocol.candidates[u]) for u in users]
-        answers = chat_model.generate(
-            prompts, desc="generation (constrained)" if constrained else "generation (candidates)", candidates=candidates, candidate_scores=scores
-        )
+        name = "generation_constrained" if constrained else "generation"
+        answers = candidate_prompt_pass(chat_model, protocol, generations=[name], template_id=template_id)[name]
     chosen = [chat_model.match_item(a, protocol.candidates[u]) for a, u in zip(answers, users)]
     log_examples("generation", users, answers, [protocol.titles[protocol.targets[u]] for u in users])
     values = per_example("choice", chosen, [protocol.targets[u] for u in users])
