@@ -527,6 +527,10 @@ class ILMForConditionalGeneration(ILMPreTrainedModel, GenerationMixin):
             The items the ranking head scores (default: the whole catalog), shared or per row.
         rank_item_tokens (`(num_items, Q, llm_hidden)` or `(batch_size, num_items, Q, llm_hidden)`, *optional*):
             Their precomputed tokens instead (`get_item_tokens`).
+        logits_to_keep (`int` or `torch.LongTensor` of shape `(num_columns,)`):
+            As the language model takes it (the last n positions, or these columns; 0: all). With
+            `labels`, the loss is taken from the kept logits (each predicting the label after it), and
+            every labelled position must be predicted by one: see `answer_positions`.
         position_ids, cache: as the language model takes them; a `Cache` from an earlier call continues
             it (item tokens already in it are not given again), e.g. a prompt prefix reused by `generate`.
         The ranking head reads the LLM's last hidden state where the answer starts: before the first
@@ -559,16 +563,19 @@ class ILMForConditionalGeneration(ILMPreTrainedModel, GenerationMixin):
         if rank and self.item_scorer is None:
             raise ValueError("rank_* inputs need the ranking head: build with ranking_head=True or call enable_ranking_head().")
         want_hidden = kwargs.pop("output_hidden_states", False)
+        all_logits = isinstance(logits_to_keep, int) and logits_to_keep == 0
         outputs = dict(self.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
             cache=cache,
-            labels=labels,
+            labels=labels if all_logits else None,
             logits_to_keep=logits_to_keep,
             output_hidden_states=want_hidden or rank,
             **kwargs,
         ))
+        if labels is not None and not all_logits:
+            outputs["loss"] = self._kept_logits_loss(outputs["logits"], labels, logits_to_keep, kwargs.get("num_items_in_batch"))
         if rank:
             outputs.update(self._rank(outputs["hidden_states"][-1], inputs_embeds, input_ids, attention_mask, labels, rank_labels, rank_item_ids, rank_item_tokens))
             if not want_hidden:
@@ -578,6 +585,33 @@ class ILMForConditionalGeneration(ILMPreTrainedModel, GenerationMixin):
                 weighted = self.config.ranking_loss_weight * outputs["loss_rank"]
                 outputs["loss"] = weighted if outputs["loss_lm"] is None else outputs["loss_lm"] + weighted
         return ILMCausalLMOutputWithPast(**outputs, item_tokens=new_item_tokens, user_tokens=new_user_tokens)
+
+    @staticmethod
+    def answer_positions(labels: torch.Tensor) -> torch.Tensor:
+        """The columns whose logits predict a label in some row (column t predicts `labels[:, t + 1]`):
+        `model(**batch, logits_to_keep=ILMForConditionalGeneration.answer_positions(batch["labels"]))`
+        gives the same loss as full logits, with the LM head run on the answers only."""
+        return labels[:, 1:].ne(-100).any(0).nonzero().squeeze(-1)
+
+    def _kept_logits_loss(self, logits, labels, logits_to_keep, num_items_in_batch=None):
+        """The LM loss when only some positions' logits were computed: each kept position predicts
+        the label after it. The LM head over a whole prompt costs about a fifth of a small LLM's
+        forward, and only the answer positions carry labels."""
+        next_labels = nn.functional.pad(labels, (0, 1), value=-100)[:, 1:]
+        if isinstance(logits_to_keep, int):
+            columns = torch.arange(next_labels.shape[1] - logits_to_keep, next_labels.shape[1], device=labels.device)
+        else:
+            columns = torch.as_tensor(logits_to_keep, device=labels.device)
+        left_out = next_labels.clone()
+        left_out[:, columns] = -100
+        if left_out.ne(-100).any():
+            raise ValueError(
+                "logits_to_keep leaves out positions that predict labels, so their loss would be lost: keep every "
+                "column t whose labels[:, t + 1] is set (`ILMForConditionalGeneration.answer_positions(labels)`), or pass logits_to_keep=0."
+            )
+        return self.language_model.loss_function(
+            logits=logits, labels=None, shift_labels=next_labels[:, columns], vocab_size=logits.shape[-1], num_items_in_batch=num_items_in_batch
+        )
 
     def _rank(self, hidden, inputs_embeds, input_ids, attention_mask, labels, rank_labels, rank_item_ids, rank_item_tokens) -> dict:
         """Ranking-head scores (and loss, with `rank_labels`).

@@ -357,6 +357,21 @@ def test_candidate_titles_show_each_candidate_title_before_its_placeholder(built
     assert ITEM_TOKEN not in text
 
 
+def test_train_candidate_lists_can_be_shorter_than_evaluation_ones(tmp_path):
+    build_generic(GENERIC, tmp_path, candidate_titles=True, num_candidates=6, num_train_candidates=3)
+    titles = {it["item_id"]: it["title"] for it in json.loads((tmp_path / "catalog.json").read_text())["items"]}
+    phase2 = load_from_disk(str(tmp_path / "phase2"))
+    shown = {}
+    for split in ("train", "validation"):
+        for row in phase2[split]:
+            if row["task"] == "candidate_selection":
+                text = row["messages"][0]["content"]
+                shown.setdefault(split, set()).add(sum(f"{titles[i]} {ITEM_TOKEN}" in text for i in set(row["item_ids"])))
+    assert shown == {"train": {3}, "validation": {6}}
+    with pytest.raises(ValueError, match="num_train_candidates must be a whole number >= 2, got 1"):
+        build_generic(GENERIC, tmp_path / "bad", num_train_candidates=1)
+
+
 def test_titled_rendering_refuses_a_title_holding_a_placeholder():
     from training.data.templates import items, render
 

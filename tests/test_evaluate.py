@@ -262,7 +262,7 @@ def full_forward_loglik(model, processor, prompt, answer):
 
 def test_cached_likelihood_equals_full_forward_and_ignores_order(ilm, protocol):
     model, processor = ilm
-    chat = ChatModel(model, processor, answer_chunk=3)  # several chunks of the KV cache
+    chat = ChatModel(model, processor, pack_tokens=5)  # several packs of answers per prompt
     u = protocol.users[1]
     prompt = recommendation_prompt(protocol, u, CANDIDATE_TEMPLATE, with_candidates=True)
     titles = [protocol.titles[c] for c in protocol.candidates[u]]
@@ -285,7 +285,7 @@ def test_one_prefill_serves_scores_and_generations_as_prompts_run_alone(ilm, pro
         for layer in model.language_model.model.layers:
             layer.self_attn.q_proj.weight *= 30
             layer.self_attn.k_proj.weight *= 30
-    chat = ChatModel(model, processor, answer_chunk=3, max_new_tokens=4)
+    chat = ChatModel(model, processor, pack_tokens=5, max_new_tokens=4)
     users = protocol.users[:4]
     prompts = [recommendation_prompt(protocol, u, CANDIDATE_TEMPLATE, with_candidates=True) for u in users]
     prompts[1] = dataclasses.replace(prompts[1], item_ids=prompts[1].item_ids[:2], user_ids=[], messages=[{"role": "user", "content": "Pick one of <item>, <item>."}])
@@ -308,7 +308,7 @@ def test_one_prefill_serves_scores_and_generations_as_prompts_run_alone(ilm, pro
 
 def test_mean_and_calibrated_scores_by_hand(ilm, protocol):
     model, processor = ilm
-    chat = ChatModel(model, processor, answer_chunk=3)
+    chat = ChatModel(model, processor, pack_tokens=5)
     u = protocol.users[1]
     candidates = protocol.candidates[u]
     prompt = recommendation_prompt(protocol, u, CANDIDATE_TEMPLATE, with_candidates=True)

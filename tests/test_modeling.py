@@ -101,6 +101,32 @@ def test_loss_only_on_answer_tokens(model, processor):
     torch.testing.assert_close(out.loss, manual)
 
 
+def test_loss_from_answer_logits_only_equals_the_full_loss(model, processor):
+    chats = [CHATS[0] + [{"role": "assistant", "content": "toy story"}], CHATS[1] + [{"role": "assistant", "content": "heat"}]]
+    batch = processor(messages=chats, item_ids=ITEMS[:2], user_ids=USERS[:2], return_labels=True, add_generation_prompt=False, padding_side="right")
+    keep = ILMForConditionalGeneration.answer_positions(batch["labels"])
+    assert 0 < len(keep) < batch["input_ids"].shape[1] / 2  # right padding: the rows' answers sit in different columns
+
+    def loss_and_grads(**kwargs):
+        model.zero_grad()
+        loss = model(**batch, **kwargs).loss
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    full, full_grads = loss_and_grads()
+    kept, kept_grads = loss_and_grads(logits_to_keep=keep)
+    torch.testing.assert_close(kept, full, rtol=1e-6, atol=1e-6)
+    assert kept_grads.keys() == full_grads.keys() and kept_grads
+    for name in full_grads:
+        torch.testing.assert_close(kept_grads[name], full_grads[name], rtol=1e-5, atol=1e-7)
+    assert model(**batch, logits_to_keep=keep).logits.shape[1] == len(keep)
+    with pytest.raises(ValueError, match="leaves out positions that predict labels"):
+        model(**batch, logits_to_keep=keep[1:])
+    with pytest.raises(ValueError, match="leaves out positions that predict labels"):
+        model(**batch, logits_to_keep=1)  # the last column alone: right padding puts answers earlier
+    model.zero_grad()
+
+
 def test_gradients_reach_encoder_and_adapter_not_llm(model, processor):
     model.train()
     chat = CHATS[1] + [{"role": "assistant", "content": "heat"}]

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainingArguments, set_seed
 
+from modeling_ilm import ILMForConditionalGeneration
 from training.config import check_whole_numbers, save_config
 
 logger = logging.getLogger(__name__)
@@ -72,6 +73,8 @@ class ComponentLossTrainer(Trainer):
         return batch_samples, num_items_in_batch
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if "labels" in inputs and "logits_to_keep" not in inputs:  # the LM head on the answers only: same loss
+            inputs = {**inputs, "logits_to_keep": ILMForConditionalGeneration.answer_positions(inputs["labels"])}
         outputs = model(**inputs)
         for name, value in outputs.items():
             if name.startswith("loss_") and value is not None:

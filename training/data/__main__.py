@@ -33,6 +33,8 @@ def main(argv=None):
     opt.add_argument("--cf-threads", type=int, default=d.cf_threads)
     opt.add_argument("--history-len", type=int, default=d.history_len)
     opt.add_argument("--num-candidates", type=int, default=d.num_candidates)
+    opt.add_argument("--num-train-candidates", type=int, default=d.num_train_candidates,
+                     help="candidates per training candidate-selection prompt (default: --num-candidates)")
     opt.add_argument("--pair-window", type=int, default=d.pair_window)
     opt.add_argument("--holdout-frac", type=float, default=d.holdout_frac)
     opt.add_argument("--like-threshold", type=float, default=d.like_threshold)

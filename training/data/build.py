@@ -52,6 +52,9 @@ class BuildConfig:
     # candidate lists in phase-2 prompts (and evaluation's candidate prompts) show each candidate's
     # title before its item tokens, LLaRA's hybrid rendering for that field: the LLM can answer by naming one
     candidate_titles: bool = False
+    # candidates per training candidate-selection prompt (None: num_candidates); fewer make shorter
+    # prompts, e.g. titled ones, where what is learnt is how to answer with a listed title
+    num_train_candidates: int | None = None
     pair_window: int = 2  # item_item pairs: items at most this many steps apart in a user's sequence
     partner_min_count: int = 2  # similar_item / conversation partners need this many co-occurrences
     like_threshold: float = 4.0  # rating counted as "liked" (user_item, conversation)
@@ -61,7 +64,7 @@ class BuildConfig:
     item_noun: str = "movie"
 
     def __post_init__(self):  # checked before anything is read or written
-        check_whole_numbers(self, {"seed": 0, "cf_dim": 1, "cf_iterations": 1, "cf_threads": 1, "history_len": 1, "num_candidates": 2,
+        check_whole_numbers(self, {"seed": 0, "cf_dim": 1, "cf_iterations": 1, "cf_threads": 1, "history_len": 1, "num_candidates": 2, "num_train_candidates": 2,
                                    "pair_window": 1, "partner_min_count": 1, "max_train_per_task": 1, "max_eval_per_task": 1})
         if not 0 < self.holdout_frac < 0.5:
             raise ValueError(f"holdout_frac must be between 0 and 0.5 (held out for validation, and again for test), got {self.holdout_frac!r}.")
@@ -212,6 +215,7 @@ def _build(out, final, tables, source, cfg, start):
         like_threshold=cfg.like_threshold,
         history_len=cfg.history_len,
         num_candidates=cfg.num_candidates,
+        num_train_candidates=cfg.num_train_candidates or cfg.num_candidates,
         noun=cfg.item_noun,
         candidate_titles=cfg.candidate_titles,
     )

@@ -68,6 +68,7 @@ class Context:
     like_threshold: float
     history_len: int
     num_candidates: int
+    num_train_candidates: int
     noun: str
     candidate_titles: bool = False  # candidate lists show each title before its placeholder
 
@@ -145,7 +146,7 @@ def candidate_facts(ctx, split, rng):
     for facts in next_item_facts(ctx, split, rng):
         u, target = facts["user"].ids[0], facts["item_of"]["title"]
         if split == "train":
-            cands = [target, *ctx.sampler.sample(u, ctx.num_candidates - 1, rng)]
+            cands = [target, *ctx.sampler.sample(u, ctx.num_train_candidates - 1, rng)]
         else:
             cands = ctx.candidates[split][u]
         yield facts | {"candidates": items(*_shuffled(cands, rng), titled=ctx.candidate_titles)}

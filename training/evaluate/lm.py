@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 from transformers import DynamicCache, GenerationConfig
 
@@ -38,15 +39,6 @@ class Prefill:
     def padding(self, row: int) -> int:
         return int((self.inputs["attention_mask"][row] == 0).sum())
 
-    def row_cache(self, row: int, repeat: int = 1) -> DynamicCache:
-        """The cache of one row without its padding, `repeat` times over (views: the first update
-        of the cache makes its own tensors, so the prefill's stays as it is)."""
-        start = self.padding(row)
-        return DynamicCache([
-            (layer.keys[row : row + 1, :, start:].expand(repeat, -1, -1, -1), layer.values[row : row + 1, :, start:].expand(repeat, -1, -1, -1))
-            for layer in self.cache.layers
-        ])
-
     def generation_cache(self) -> DynamicCache:
         """A copy of the cache without the prompts' last token, which `generate` then runs (it needs
         one token it has not seen)."""
@@ -65,16 +57,16 @@ class ChatModel:
         max_new_tokens: generation budget.
         reduce: what `score` returns: "sum" (total log-likelihood of the answer) or "mean" (per
             answer token). `score_parts` returns both parts whatever it is.
-        answer_chunk: answers scored per forward pass. Answers are sorted by length first, so
-            smaller chunks waste less padding; 16 splits 20 candidates into two similar-length groups.
+        pack_tokens: answer tokens packed behind one prompt per sequence when scoring (`score_rows`):
+            256 holds 20 candidate titles.
         guide_weight: weight of the ranking head's scores in head-guided constrained decoding.
     """
 
-    def __init__(self, model, processor, as_text=False, batch_size=16, max_new_tokens=24, reduce="sum", answer_chunk=16, guide_weight=GUIDE_WEIGHT):
+    def __init__(self, model, processor, as_text=False, batch_size=16, max_new_tokens=24, reduce="sum", pack_tokens=256, guide_weight=GUIDE_WEIGHT):
         if reduce not in ("sum", "mean"):
             raise ValueError(f"reduce={reduce!r}; use 'sum' or 'mean'.")
         self.model, self.processor, self.as_text = model.eval(), processor, as_text
-        self.batch_size, self.max_new_tokens, self.reduce, self.answer_chunk = batch_size, max_new_tokens, reduce, answer_chunk
+        self.batch_size, self.max_new_tokens, self.reduce, self.pack_tokens = batch_size, max_new_tokens, reduce, pack_tokens
         self.guide_weight = guide_weight
         self.titles = {item["item_id"]: item["title"] for item in processor.catalog["items"]}
         self.entity_tokens = {} if as_text else self._catalog_tokens()
@@ -185,44 +177,67 @@ class ChatModel:
         """(sums, lengths): each answer's summed log-likelihood given one prompt, and its number of
         answer tokens (`answer_ids`, end-of-turn token included); sums / lengths is the mean per token.
 
-        The prompt runs once; its KV cache is repeated for a chunk of answers, which are
-        right-padded (padding comes after an answer, so causal attention keeps it out of the score).
-        The answers do not see each other, so the scores do not depend on their order.
+        The prompt runs once; the answers follow it packed with a block mask (`score_rows`): they
+        do not see each other, so the scores do not depend on their order.
         """
         return self.score_rows(self.prefill([prompt]), [answers])[0]
 
     @torch.no_grad()
     def score_rows(self, prefill: Prefill, answers_per_row) -> list:
-        """`score_parts` of each prompt of a prefilled batch with its own answers."""
-        out = []
-        for row, answers in enumerate(answers_per_row):
-            ids = [self.answer_ids(a) for a in answers]
-            lengths = np.array([len(a) for a in ids], dtype=np.int64)
-            sums = np.zeros(len(ids))
-            if ids:
-                prompt_len = prefill.inputs["input_ids"].shape[1] - prefill.padding(row)
-                first = prefill.last_logits[row].float().log_softmax(-1)  # predicts every answer's first token
-                order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths share a chunk: less padding
-                for start in range(0, len(order), self.answer_chunk):
-                    chunk = order[start : start + self.answer_chunk]
-                    sums[chunk] = self._score_chunk(prefill.row_cache(row, len(chunk)), first, [ids[i] for i in chunk], prompt_len)
-            out.append((sums, lengths))
-        return out
+        """`score_parts` of each prompt of a prefilled batch with its own answers.
 
-    def _score_chunk(self, cache, first, ids, prompt_len):
-        """Summed log-likelihood of each answer (token ids) of a chunk after the cached prompt (`cache`:
-        one row per answer)."""
-        lengths = torch.tensor([len(a) for a in ids], device=self.device)
-        width = int(lengths.max())
-        padded = torch.tensor([a + [a[-1]] * (width - len(a)) for a in ids], device=self.device)
-        token_logp = first[padded[:, :1]]
-        if width > 1:
-            mask = torch.ones(len(ids), prompt_len + width - 1, dtype=torch.long, device=self.device)
-            logits = self.model(input_ids=padded[:, :-1], attention_mask=mask, cache=cache).logits.float()
-            rest = logits.gather(-1, padded[:, 1:, None])[..., 0] - logits.logsumexp(-1)
-            token_logp = torch.cat([token_logp, rest], 1)
-        keep = torch.arange(width, device=self.device)[None, :] < lengths[:, None]
-        return torch.where(keep, token_logp, 0.0).sum(1).cpu().numpy()
+        A row's answers are packed one after another behind its cached prompt (at most `pack_tokens`
+        tokens a sequence), and a block mask lets each answer attend to the prompt and to its own
+        earlier tokens only, so each is scored as if alone; a batch's answers take a few large
+        forwards instead of one small one per group of answers."""
+        ids = [[self.answer_ids(a) for a in answers] for answers in answers_per_row]
+        first = prefill.last_logits.float().log_softmax(-1)  # predicts each answer's first token
+        sums = [first[row, [a[0] for a in row_ids]].cpu().numpy().astype(float) for row, row_ids in enumerate(ids)]
+        packs, pack, used = [], None, 0  # (row, answer indices); answers of one token need no forward
+        for row, row_ids in enumerate(ids):
+            for i, answer in enumerate(row_ids):
+                if len(answer) < 2:
+                    continue
+                if pack is None or pack[0] != row or used + len(answer) - 1 > self.pack_tokens:
+                    pack, used = (row, []), 0
+                    packs.append(pack)
+                pack[1].append(i)
+                used += len(answer) - 1
+        for start in range(0, len(packs), self.batch_size):
+            group = packs[start : start + self.batch_size]
+            token_logp = self._score_packs(prefill, [[ids[row][i] for i in members] for row, members in group], [row for row, _ in group])
+            for (row, members), logp in zip(group, token_logp):
+                offset = 0
+                for i in members:
+                    n = len(ids[row][i]) - 1
+                    sums[row][i] += logp[offset : offset + n].sum()
+                    offset += n
+        return [(row_sums, np.array([len(a) for a in row_ids], dtype=np.int64)) for row_sums, row_ids in zip(sums, ids)]
+
+    def _score_packs(self, prefill, packs, rows) -> np.ndarray:
+        """Log-likelihood of every answer token after the first, for sequences of packed answers
+        (token ids), each behind the cached prompt of its row of `prefill`."""
+        width = max(sum(len(a) - 1 for a in answers) for answers in packs)
+        tokens, targets = torch.zeros(len(packs), width, dtype=torch.long), torch.zeros(len(packs), width, dtype=torch.long)
+        positions, segments = torch.zeros(len(packs), width, dtype=torch.long), torch.full((len(packs), width), -1)
+        prompt_mask = prefill.inputs["attention_mask"][rows].bool()
+        prompt_lengths = prompt_mask.sum(-1).cpu()
+        for g, answers in enumerate(packs):
+            offset = 0
+            for k, answer in enumerate(answers):
+                n = len(answer) - 1
+                tokens[g, offset : offset + n], targets[g, offset : offset + n] = torch.tensor(answer[:-1]), torch.tensor(answer[1:])
+                positions[g, offset : offset + n] = prompt_lengths[g] + torch.arange(n)  # as the prefill counts: real tokens only
+                segments[g, offset : offset + n] = k
+                offset += n
+        own = (segments[:, :, None] == segments[:, None, :]) & torch.ones(width, width, dtype=torch.bool).tril()
+        allowed = torch.cat([prompt_mask.cpu()[:, None, :].expand(-1, width, -1), own], -1)[:, None]
+        mask = torch.zeros(allowed.shape, dtype=self.model.dtype).masked_fill(~allowed, torch.finfo(self.model.dtype).min)
+        cache = DynamicCache([(layer.keys[rows], layer.values[rows]) for layer in prefill.cache.layers])  # copies: the prefill's stays
+        logits = self.model(input_ids=tokens.to(self.device), attention_mask=mask.to(self.device), position_ids=positions.to(self.device), cache=cache).logits
+        targets = targets.to(self.device)
+        # one sequence at a time: the softmax temporaries stay small (the whole batch's are ~1 GB)
+        return np.stack([-nn.functional.cross_entropy(row.float(), target, reduction="none").cpu().numpy() for row, target in zip(logits, targets)])
 
     def content_free_scores(self, answers, noun="item") -> np.ndarray:
         """Summed log-likelihood of each answer under `content_free_prompt(noun)`, the prior that
