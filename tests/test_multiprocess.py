@@ -28,7 +28,10 @@ def test_phase1_step_on_two_processes_equals_one_process_with_uneven_pairs(tiny_
     assert {"loss_itc", "loss_itg", "loss_item_item", "loss_user_item"} <= set(single)
     assert set(single) == set(multi)
     for key in single:
-        torch.testing.assert_close(multi[key], single[key], rtol=1e-5, atol=1e-6, msg=key)
+        # a summed gradient's rounding error scales with its largest terms, not with each element: an
+        # element near 0 in a tensor of magnitude ~2 differs by ~1e-6 on some CPUs (AMD EPYC: query_tokens)
+        scale = max(1.0, single[key].abs().max().item())
+        torch.testing.assert_close(multi[key], single[key], rtol=1e-5, atol=1e-6 * scale, msg=key)
 
 
 @pytest.mark.slow
