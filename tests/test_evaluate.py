@@ -292,7 +292,8 @@ def test_one_prefill_serves_scores_and_generations_as_prompts_run_alone(ilm, pro
     candidates = [protocol.candidates[u] for u in users]
     titles = [[protocol.titles[c] for c in row] for row in candidates]
     prefill = chat.prefill(prompts)
-    assert prefill.padding(1) > 0 and prefill.padding(0) == 0  # the short prompt is left-padded
+    padding = (prefill.inputs["attention_mask"] == 0).sum(-1)
+    assert padding[1] > 0 and padding[0] == 0  # the short prompt is left-padded
     for (sums, lengths), prompt, answers in zip(chat.score_rows(prefill, titles), prompts, titles):
         alone_sums, alone_lengths = chat.score_parts(prompt, answers)
         np.testing.assert_allclose(sums, alone_sums, rtol=1e-4, atol=1e-4)

@@ -36,9 +36,6 @@ class Prefill:
     cache: DynamicCache
     last_logits: torch.Tensor
 
-    def padding(self, row: int) -> int:
-        return int((self.inputs["attention_mask"][row] == 0).sum())
-
     def generation_cache(self) -> DynamicCache:
         """A copy of the cache without the prompts' last token, which `generate` then runs (it needs
         one token it has not seen)."""
@@ -205,18 +202,14 @@ class ChatModel:
                 used += len(answer) - 1
         for start in range(0, len(packs), self.batch_size):
             group = packs[start : start + self.batch_size]
-            token_logp = self._score_packs(prefill, [[ids[row][i] for i in members] for row, members in group], [row for row, _ in group])
-            for (row, members), logp in zip(group, token_logp):
-                offset = 0
-                for i in members:
-                    n = len(ids[row][i]) - 1
-                    sums[row][i] += logp[offset : offset + n].sum()
-                    offset += n
+            pack_sums = self._score_packs(prefill, [[ids[row][i] for i in members] for row, members in group], [row for row, _ in group])
+            for (row, members), answer_sums in zip(group, pack_sums):
+                sums[row][members] += answer_sums
         return [(row_sums, np.array([len(a) for a in row_ids], dtype=np.int64)) for row_sums, row_ids in zip(sums, ids)]
 
-    def _score_packs(self, prefill, packs, rows) -> np.ndarray:
-        """Log-likelihood of every answer token after the first, for sequences of packed answers
-        (token ids), each behind the cached prompt of its row of `prefill`."""
+    def _score_packs(self, prefill, packs, rows) -> list:
+        """For sequences of packed answers (token ids), each behind the cached prompt of its row of
+        `prefill`: per answer, the summed log-likelihood of its tokens after the first."""
         width = max(sum(len(a) - 1 for a in answers) for answers in packs)
         tokens, targets = torch.zeros(len(packs), width, dtype=torch.long), torch.zeros(len(packs), width, dtype=torch.long)
         positions, segments = torch.zeros(len(packs), width, dtype=torch.long), torch.full((len(packs), width), -1)
@@ -236,8 +229,12 @@ class ChatModel:
         cache = DynamicCache([(layer.keys[rows], layer.values[rows]) for layer in prefill.cache.layers])  # copies: the prefill's stays
         logits = self.model(input_ids=tokens.to(self.device), attention_mask=mask.to(self.device), position_ids=positions.to(self.device), cache=cache).logits
         targets = targets.to(self.device)
-        # one sequence at a time: the softmax temporaries stay small (the whole batch's are ~1 GB)
-        return np.stack([-nn.functional.cross_entropy(row.float(), target, reduction="none").cpu().numpy() for row, target in zip(logits, targets)])
+        sums = []
+        for row, target, segment, answers in zip(logits, targets, segments, packs):  # one sequence at a time: small softmax temporaries
+            token_logp = -nn.functional.cross_entropy(row.float(), target, reduction="none").cpu()
+            answered = segment >= 0
+            sums.append(torch.zeros(len(answers), dtype=torch.float64).index_add_(0, segment[answered], token_logp[answered].double()).numpy())
+        return sums
 
     def content_free_scores(self, answers, noun="item") -> np.ndarray:
         """Summed log-likelihood of each answer under `content_free_prompt(noun)`, the prior that
