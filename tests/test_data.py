@@ -357,6 +357,67 @@ def test_candidate_titles_show_each_candidate_title_before_its_placeholder(built
     assert ITEM_TOKEN not in text
 
 
+def test_candidate_lines_put_each_titled_candidate_on_its_own_line(built, tmp_path):
+    out, _ = built
+    lined_out = tmp_path / "lined"
+    build_generic(GENERIC, lined_out, candidate_titles=True, candidate_lines=True)
+    titles = {it["item_id"]: it["title"] for it in json.loads((lined_out / "catalog.json").read_text())["items"]}
+    plain, lined = load_from_disk(str(out / "phase2")), load_from_disk(str(lined_out / "phase2"))
+    for split in ("train", "validation"):
+        assert plain[split]["item_ids"] == lined[split]["item_ids"]
+        for a, b in zip(plain[split], lined[split]):
+            if a["task"] != "candidate_selection":
+                assert a["messages"] == b["messages"]
+                continue
+            text = b["messages"][0]["content"]
+            assert text.count(ITEM_TOKEN) == len(b["item_ids"])
+            # each line starts with one candidate: its title (commas and all), then its placeholder
+            listed = [line[2:].split(f" {ITEM_TOKEN}")[0] for line in text.split("\n") if line.startswith("- ")]
+            assert len(listed) >= 2 and len(set(listed)) == len(listed)
+            assert set(listed) <= {titles[i] for i in b["item_ids"]}
+    from training.evaluate.prompts import CANDIDATE_TEMPLATE, as_text, recommendation_prompt
+    from training.evaluate.protocol import load_protocol
+
+    protocol = load_protocol(lined_out, split="validation")
+    assert protocol.candidate_lines and protocol.describe(10)["candidate_lines"]
+    assert "candidate_lines" not in load_protocol(out, split="validation").describe(10)  # the default protocol keeps its cache key
+    u = protocol.users[0]
+    prompt = recommendation_prompt(protocol, u, CANDIDATE_TEMPLATE, with_candidates=True)
+    assert prompt.messages[0]["content"].endswith("next?" + "".join(f"\n- {titles[c]} {ITEM_TOKEN}" for c in protocol.candidates[u]))
+    text = as_text(prompt, titles).messages[0]["content"]
+    assert text.endswith("next?" + "".join(f"\n- {titles[c]}" for c in protocol.candidates[u]))
+
+
+def test_candidates_can_show_their_titles_alone(built, tmp_path):
+    out, _ = built
+    titles_out = tmp_path / "titles_only"
+    build_generic(GENERIC, titles_out, candidate_titles=True, candidate_tokens=False)
+    titles = {it["item_id"]: it["title"] for it in json.loads((titles_out / "catalog.json").read_text())["items"]}
+    plain, shown = load_from_disk(str(out / "phase2")), load_from_disk(str(titles_out / "phase2"))
+    checked = 0
+    for a, b in zip(plain["validation"], shown["validation"]):
+        if a["task"] != "candidate_selection":
+            assert a == b
+            continue
+        text = b["messages"][0]["content"]
+        candidates = [i for i in a["item_ids"] if i not in b["item_ids"]]  # the candidates' ids left with their tokens
+        assert len(candidates) >= 2 and text.count(ITEM_TOKEN) == len(b["item_ids"]) == len(a["item_ids"]) - len(candidates)
+        assert all(titles[i] in text for i in candidates)
+        checked += 1
+    assert checked
+    from training.evaluate.prompts import CANDIDATE_TEMPLATE, recommendation_prompt
+    from training.evaluate.protocol import load_protocol
+
+    protocol = load_protocol(titles_out, split="validation")
+    assert protocol.describe(10)["candidate_tokens"] is False
+    u = protocol.users[0]
+    prompt = recommendation_prompt(protocol, u, CANDIDATE_TEMPLATE, with_candidates=True)
+    assert prompt.messages[0]["content"].endswith("? " + ", ".join(titles[c] for c in protocol.candidates[u]))
+    assert prompt.item_ids == protocol.history(u)
+    with pytest.raises(ValueError, match="set candidate_titles=True"):
+        build_generic(GENERIC, tmp_path / "bad", candidate_tokens=False)
+
+
 def test_train_candidate_lists_can_be_shorter_than_evaluation_ones(tmp_path):
     build_generic(GENERIC, tmp_path, candidate_titles=True, num_candidates=6, num_train_candidates=3)
     titles = {it["item_id"]: it["title"] for it in json.loads((tmp_path / "catalog.json").read_text())["items"]}

@@ -42,6 +42,9 @@ def main(argv=None):
     opt.add_argument("--max-eval-per-task", type=optional_int, default=d.max_eval_per_task, help="'all' for no cap")
     opt.add_argument("--item-noun", default=d.item_noun, help="word used for items in prompts")
     opt.add_argument("--candidate-titles", action="store_true", help="candidate lists show each title before its item tokens")
+    opt.add_argument("--candidate-lines", action="store_true", help="candidate lists show one candidate per line")
+    opt.add_argument("--no-candidate-tokens", dest="candidate_tokens", action="store_false",
+                     help="with --candidate-titles: candidates show their titles alone, no item tokens")
     args = p.parse_args(argv)
 
     logging.basicConfig(

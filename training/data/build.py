@@ -52,6 +52,10 @@ class BuildConfig:
     # candidate lists in phase-2 prompts (and evaluation's candidate prompts) show each candidate's
     # title before its item tokens, LLaRA's hybrid rendering for that field: the LLM can answer by naming one
     candidate_titles: bool = False
+    # and one candidate per line ("- Heat (1995) <item>"): titles hold commas, which blur a comma-separated list
+    candidate_lines: bool = False
+    # False (with candidate_titles): candidates are shown by their titles alone, no item tokens
+    candidate_tokens: bool = True
     # candidates per training candidate-selection prompt (None: num_candidates); fewer make shorter
     # prompts, e.g. titled ones, where what is learnt is how to answer with a listed title
     num_train_candidates: int | None = None
@@ -70,6 +74,8 @@ class BuildConfig:
             raise ValueError(f"holdout_frac must be between 0 and 0.5 (held out for validation, and again for test), got {self.holdout_frac!r}.")
         if not self.cf_reg >= 0 or not self.cf_alpha >= 0:
             raise ValueError(f"cf_reg and cf_alpha must be >= 0, got {self.cf_reg!r} and {self.cf_alpha!r}.")
+        if not (self.candidate_titles or self.candidate_tokens):
+            raise ValueError("candidate_tokens=False shows candidates without item tokens: set candidate_titles=True so they show their titles.")
 
 
 def load_source(dataset="ml-100k", interactions=None, items=None, users=None, grouplens=None, recbole=None):
@@ -218,6 +224,8 @@ def _build(out, final, tables, source, cfg, start):
         num_train_candidates=cfg.num_train_candidates or cfg.num_candidates,
         noun=cfg.item_noun,
         candidate_titles=cfg.candidate_titles,
+        candidate_lines=cfg.candidate_lines,
+        candidate_tokens=cfg.candidate_tokens,
     )
     phase2, phase2_counts = build_phase2(ctx, cfg.seed, cfg.max_train_per_task, cfg.max_eval_per_task)
 

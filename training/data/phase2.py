@@ -71,6 +71,8 @@ class Context:
     num_train_candidates: int
     noun: str
     candidate_titles: bool = False  # candidate lists show each title before its placeholder
+    candidate_lines: bool = False  # candidate lists show one candidate per line
+    candidate_tokens: bool = True  # False: candidate lists show titles alone
 
 
 def _number(x):
@@ -149,7 +151,7 @@ def candidate_facts(ctx, split, rng):
             cands = [target, *ctx.sampler.sample(u, ctx.num_train_candidates - 1, rng)]
         else:
             cands = ctx.candidates[split][u]
-        yield facts | {"candidates": items(*_shuffled(cands, rng), titled=ctx.candidate_titles)}
+        yield facts | {"candidates": items(*_shuffled(cands, rng), titled=ctx.candidate_titles, lines=ctx.candidate_lines, tokens=ctx.candidate_tokens)}
 
 
 def conversation_facts(ctx, split, rng):

@@ -2,8 +2,8 @@
 
 A template is a tuple of message texts alternating user / assistant, the last one being the answer.
 Fields in braces are filled from an example's facts: plain text, or a Ref, which renders as one
-placeholder per id (comma separated) and appends the ids to the example's item_ids / user_ids in
-order of appearance. {noun} is the catalog's item noun ("movie" by default).
+placeholder per id (comma separated, or one per line) and appends the ids to the example's item_ids /
+user_ids in order of appearance (a Ref shown by titles alone adds none). {noun} is the catalog's item noun ("movie" by default).
 
 The LAST template of every task is held out: it is used only by the *_unseen splits.
 A template is used for an example only when the example has every field it names.
@@ -20,10 +20,14 @@ class Ref:
     kind: str  # "item" or "user"
     ids: tuple
     titled: bool = False  # each item as its title then its placeholder (LLaRA's hybrid rendering)
+    lines: bool = False  # one entity per line ("\n- Heat (1995) <item>"): titles hold commas, so a comma list blurs where one ends
+    tokens: bool = True  # False (titled only): the title alone, no placeholder
 
 
-def items(*ids, titled=False):
-    return Ref("item", tuple(ids), titled)
+def items(*ids, titled=False, lines=False, tokens=True):
+    if not (titled or tokens):
+        raise ValueError("An item shown without its item tokens needs its title (titled=True).")
+    return Ref("item", tuple(ids), titled, lines, tokens)
 
 
 def user(uid):
@@ -151,6 +155,14 @@ def entity_title(titles, item_id):
     return title
 
 
+def shown_entity(ref, entity_id, placeholder, titles):
+    """One entity of a Ref as the prompt shows it: its placeholder, its title and placeholder, or its title."""
+    if not ref.titled:
+        return placeholder
+    title = entity_title(titles, entity_id)
+    return f"{title} {placeholder}" if ref.tokens else title
+
+
 def render(template, facts, titles=None):
     """Fill a template. Returns (messages, item_ids, user_ids) with ids in placeholder order.
     `titles` (item id -> title) is needed for titled Refs."""
@@ -164,11 +176,14 @@ def render(template, facts, titles=None):
             value = facts[name]
             if isinstance(value, Ref):
                 placeholder = ITEM_TOKEN if value.kind == "item" else USER_TOKEN
-                if value.titled:
-                    parts.append(", ".join(f"{entity_title(titles, i)} {placeholder}" for i in value.ids))
+                entries = [shown_entity(value, i, placeholder, titles) for i in value.ids]
+                if value.lines:
+                    parts[-1] = parts[-1].rstrip(" ")
+                    parts.append("".join(f"\n- {entry}" for entry in entries))
                 else:
-                    parts.append(", ".join([placeholder] * len(value.ids)))
-                ids[value.kind].extend(value.ids)
+                    parts.append(", ".join(entries))
+                if value.tokens:
+                    ids[value.kind].extend(value.ids)
             else:
                 parts.append(str(value))
         messages.append({"role": "user" if turn % 2 == 0 else "assistant", "content": "".join(parts)})

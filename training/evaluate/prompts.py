@@ -31,7 +31,7 @@ def render_prompt(template_id: str, titles=None, **facts) -> Prompt:
 def recommendation_prompt(protocol, user_id: str, template_id: str, with_candidates: bool) -> Prompt:
     facts = {"user": user(user_id), "history": items(*protocol.history(user_id)), "noun": protocol.noun}
     if with_candidates:
-        facts["candidates"] = items(*protocol.candidates[user_id], titled=protocol.candidate_titles)
+        facts["candidates"] = items(*protocol.candidates[user_id], titled=protocol.candidate_titles, lines=protocol.candidate_lines, tokens=protocol.candidate_tokens)
     return render_prompt(template_id, titles=protocol.titles, **facts)
 
 

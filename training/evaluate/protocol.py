@@ -66,6 +66,8 @@ class Protocol:
     seed: int = 0
     noun: str = "movie"
     candidate_titles: bool = False  # candidate prompts show each title before its placeholder (as the data build did)
+    candidate_lines: bool = False  # ... one candidate per line
+    candidate_tokens: bool = True  # ... the candidates' item tokens (False: titles alone)
     titles: dict = field(init=False)  # item id -> title
 
     def __post_init__(self):
@@ -90,8 +92,9 @@ class Protocol:
             "bootstrap": bootstrap,
             "seed": self.seed,
         }
-        if self.candidate_titles:  # only when set: results and caches of the default protocol keep their keys
-            described["candidate_titles"] = True
+        for option, default in (("candidate_titles", False), ("candidate_lines", False), ("candidate_tokens", True)):
+            if getattr(self, option) != default:  # only when set: results and caches of the default protocol keep their keys
+                described[option] = getattr(self, option)
         return described
 
 
@@ -135,4 +138,6 @@ def load_protocol(data_dir, split="test", candidates_file=None, users=None, seed
         seed=seed,
         noun=built.get("item_noun", "item"),
         candidate_titles=bool(built.get("candidate_titles", False)),
+        candidate_lines=bool(built.get("candidate_lines", False)),
+        candidate_tokens=bool(built.get("candidate_tokens", True)),
     )
