@@ -324,12 +324,18 @@ def test_phase2_caps(tmp_path):
     }
 
 
+def build_candidate_rendering(built, out, **options):
+    """A build of the generic fixture with candidate-list `options`: (titles, the default build's
+    phase 2, this one's phase 2)."""
+    build_generic(GENERIC, out, **options)
+    titles = {it["item_id"]: it["title"] for it in json.loads((out / "catalog.json").read_text())["items"]}
+    return titles, load_from_disk(str(built[0] / "phase2")), load_from_disk(str(out / "phase2"))
+
+
 def test_candidate_titles_show_each_candidate_title_before_its_placeholder(built, tmp_path):
     out, _ = built
     titled_out = tmp_path / "titled"
-    build_generic(GENERIC, titled_out, candidate_titles=True)
-    titles = {it["item_id"]: it["title"] for it in json.loads((titled_out / "catalog.json").read_text())["items"]}
-    plain, titled = load_from_disk(str(out / "phase2")), load_from_disk(str(titled_out / "phase2"))
+    titles, plain, titled = build_candidate_rendering(built, titled_out, candidate_titles=True)
     for split in ("train", "validation", "test"):
         assert plain[split]["item_ids"] == titled[split]["item_ids"]  # same examples, same ids in the same order
         for a, b in zip(plain[split], titled[split]):
@@ -360,9 +366,7 @@ def test_candidate_titles_show_each_candidate_title_before_its_placeholder(built
 def test_candidate_lines_put_each_titled_candidate_on_its_own_line(built, tmp_path):
     out, _ = built
     lined_out = tmp_path / "lined"
-    build_generic(GENERIC, lined_out, candidate_titles=True, candidate_lines=True)
-    titles = {it["item_id"]: it["title"] for it in json.loads((lined_out / "catalog.json").read_text())["items"]}
-    plain, lined = load_from_disk(str(out / "phase2")), load_from_disk(str(lined_out / "phase2"))
+    titles, plain, lined = build_candidate_rendering(built, lined_out, candidate_titles=True, candidate_lines=True)
     for split in ("train", "validation"):
         assert plain[split]["item_ids"] == lined[split]["item_ids"]
         for a, b in zip(plain[split], lined[split]):
@@ -391,16 +395,14 @@ def test_candidate_lines_put_each_titled_candidate_on_its_own_line(built, tmp_pa
 def test_candidates_can_show_their_titles_alone(built, tmp_path):
     out, _ = built
     titles_out = tmp_path / "titles_only"
-    build_generic(GENERIC, titles_out, candidate_titles=True, candidate_tokens=False)
-    titles = {it["item_id"]: it["title"] for it in json.loads((titles_out / "catalog.json").read_text())["items"]}
-    plain, shown = load_from_disk(str(out / "phase2")), load_from_disk(str(titles_out / "phase2"))
+    titles, plain, shown = build_candidate_rendering(built, titles_out, candidate_titles=True, candidate_tokens=False)
     checked = 0
     for a, b in zip(plain["validation"], shown["validation"]):
         if a["task"] != "candidate_selection":
             assert a == b
             continue
         text = b["messages"][0]["content"]
-        candidates = [i for i in a["item_ids"] if i not in b["item_ids"]]  # the candidates' ids left with their tokens
+        candidates = [i for i in a["item_ids"] if i not in b["item_ids"]]  # shown without tokens, so without ids
         assert len(candidates) >= 2 and text.count(ITEM_TOKEN) == len(b["item_ids"]) == len(a["item_ids"]) - len(candidates)
         assert all(titles[i] in text for i in candidates)
         checked += 1

@@ -3,7 +3,8 @@
 A template is a tuple of message texts alternating user / assistant, the last one being the answer.
 Fields in braces are filled from an example's facts: plain text, or a Ref, which renders as one
 placeholder per id (comma separated, or one per line) and appends the ids to the example's item_ids /
-user_ids in order of appearance (a Ref shown by titles alone adds none). {noun} is the catalog's item noun ("movie" by default).
+user_ids in order of appearance (a Ref shown by titles alone adds none). {noun} is the catalog's item
+noun ("movie" by default).
 
 The LAST template of every task is held out: it is used only by the *_unseen splits.
 A template is used for an example only when the example has every field it names.
