@@ -160,6 +160,10 @@ DIAGNOSTICS = [
     "- candidate_titles_only: the same, but each candidate shown by its title alone (no item tokens in the list): prompts "
     "11% shorter (mean 135 tokens), the head level (0.400), but fewer answers name a candidate (0.635 [0.570, 0.705] "
     "against 0.815): the item tokens beside a title help the LLM copy it whole. The option stays (`candidate_tokens`).",
+    "- A user-similarity term for the head, probed on the trained candidate_titles_8 model without training: the key "
+    "projection of the user's own tokens against the candidates' keys ranks at 0.275, the same for the mean of the "
+    "history's item tokens 0.315, both summed 0.325, against the head's 0.415 and ALS user·item's 0.490: the user "
+    "tokens do not keep ALS's user-item geometry, so no row was run.",
 ]
 METRICS = [
     ("HR@1 (likelihood, sum)", "ranking", "hr@1"),
