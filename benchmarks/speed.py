@@ -11,7 +11,7 @@
 3. Generation: `bench_generation.py` (precomputed catalog item tokens against the bare LLM). Target <= 1.05.
 4. Evaluation: users per second for each section of the 20-candidate protocol (validation split),
    and for the main job's recommendation sections together (they share prompt forwards), in float32
-   and in the precision `--dtype auto` picks here (bfloat16 on a CPU with AMX or a GPU).
+   and in the precision `--dtype auto` picks here (bfloat16 on a GPU or a CPU with AMX or AVX512-BF16).
 
 The weights are whatever `--steps` steps of each phase leave: cost does not depend on them. On a
 GPU the preset's bf16 applies to both sides of the phase-2 ratio (Trainer's autocast).
@@ -155,7 +155,7 @@ def bench_evaluation(model, processor, data_dir, users):
     for section in EVAL_SECTIONS:
         speeds[section] = users_per_s([section])
     for dtype in dict.fromkeys([torch.float32, assets.dtype("auto", str(model.device))]):
-        model.to(dtype)
+        model.language_model.to(dtype)  # as the main job: the item encoder and head stay float32
         speeds[f"all of {', '.join(MAIN_SECTIONS)} ({str(dtype).removeprefix('torch.')})"] = users_per_s(list(MAIN_SECTIONS))
     model.to(torch.float32)
     return speeds

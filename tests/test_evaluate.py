@@ -782,9 +782,10 @@ def test_evaluation_precision_auto_and_bfloat16_run(ilm, data_dir, tmp_path, mon
     assert assets.dtype("float32") is torch.float32 and assets.dtype("bfloat16") is torch.bfloat16
     with pytest.raises(ValueError, match="dtype 'half'; choose auto, float32, bfloat16"):
         assets.dtype("half")
-    for amx, expected in ((True, torch.bfloat16), (False, torch.float32)):  # auto on a CPU: bfloat16 only with AMX
+    for amx, avx512_bf16 in ((True, False), (False, True), (False, False)):  # auto on a CPU: bfloat16 with bfloat16 instructions
         monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda amx=amx: amx)
-        assert assets.dtype("auto", "cpu") is expected
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda avx512_bf16=avx512_bf16: avx512_bf16)
+        assert assets.dtype("auto", "cpu") is (torch.bfloat16 if amx or avx512_bf16 else torch.float32)
     model, processor = ilm
     model.save_pretrained(tmp_path / "tiny-ilm")
     processor.save_pretrained(tmp_path / "tiny-ilm")

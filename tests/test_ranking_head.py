@@ -184,3 +184,27 @@ def test_collator_labels_each_history_item_with_the_next(processor):
     assert labelled[:2].tolist() == [item_positions[QUERIES - 1].item(), item_positions[2 * QUERIES - 1].item()]
     assert labelled[2] == (batch["labels"][0] != -100).long().argmax() - 1
     assert {1, 2, 3} <= set(batch["rank_item_ids"].tolist())
+
+
+@torch.no_grad()
+def test_item_encoder_and_head_keep_float32_under_autocast_and_with_a_bfloat16_llm(model, processor):
+    import copy
+
+    from training import assets
+    from training.evaluate.harness import dtype_name
+
+    inputs = processor(messages=PROMPTS, item_ids=ITEMS, user_ids=USERS)
+    ids = torch.arange(len(CATALOG["items"]))
+    tokens = model.get_item_tokens(ids)
+    queries = torch.nn.functional.normalize(torch.randn(2, 16), dim=-1)
+    scores = model.item_scorer(queries, tokens)
+    float32_scores = model.score_items(**inputs)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # as Trainer's bf16: only the frozen LLM runs in bfloat16
+        assert torch.equal(model.get_item_tokens(ids), tokens) and torch.equal(model.item_scorer(queries, tokens), scores)
+        assert model.score_items(**inputs).dtype == torch.float32
+    bf16 = assets.inference_model(copy.deepcopy(model), "cpu", torch.bfloat16)
+    assert dtype_name(bf16) == "bfloat16" and {p.dtype for p in bf16.language_model.parameters()} == {torch.bfloat16}
+    assert {p.dtype for n, p in bf16.named_parameters() if not n.startswith("language_model.")} == {torch.float32}
+    rounded = bf16.score_items(**inputs)  # only the LLM's hidden states are rounded
+    assert rounded.dtype == torch.float32 and not torch.equal(rounded, float32_scores)
+    torch.testing.assert_close(rounded, float32_scores, atol=0.3, rtol=0.05)

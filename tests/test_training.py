@@ -366,6 +366,20 @@ def test_any_training_argument_passes_through_and_report_to_tensorboard_writes_e
                 training_arguments(sharded)
 
 
+
+def test_bf16_auto_follows_the_hardware_and_autocast_trains_like_float32(tiny_components, data_dir, dropout_free_init, tmp_path, monkeypatch):
+    from training import assets
+
+    config = equal_batch_config(tiny_components, data_dir, dropout_free_init, tmp_path / "float32")
+    assert config.bf16 is False and training_arguments(config).bf16 is False  # exact unless asked (as TrainingArguments)
+    for fast in (True, False):  # "auto": bfloat16 only where the device has bfloat16 units
+        monkeypatch.setattr(assets, "fast_bfloat16", lambda device, fast=fast: fast)
+        assert training_arguments(dataclasses.replace(config, bf16="auto")).bf16 is fast
+    exact = first_logs(finetune(config))
+    autocast = first_logs(finetune(dataclasses.replace(config, bf16=True, output_dir=str(tmp_path / "bfloat16"))))
+    for a, b in zip(exact, autocast):  # bfloat16 rounding moves the loss a little, not the training
+        assert b["loss"] == pytest.approx(a["loss"], rel=0.02) and b["loss"] != a["loss"]
+
 @pytest.mark.slow
 def test_phase2_on_two_processes_equals_one_process_and_only_rank_0_writes(tiny_components, data_dir, dropout_free_init, tmp_path):
     import subprocess

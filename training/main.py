@@ -111,7 +111,7 @@ def evaluate_stage(settings, model_dir, data_dir, eval_dir, name):
     if (eval_dir / "results.json").exists():
         return json.loads((eval_dir / "results.json").read_text())
     device = assets.device()
-    model = ILMForConditionalGeneration.from_pretrained(model_dir).to(device, assets.dtype(settings.get("dtype", "float32"), device)).eval()
+    model = assets.inference_model(ILMForConditionalGeneration.from_pretrained(model_dir), device, assets.dtype(settings.get("dtype", "float32"), device))
     processor = ILMProcessor.from_pretrained(model_dir)
     common = dict(users=settings.get("users"), bootstrap=settings.get("bootstrap", 1000))
     if settings.get("sections"):

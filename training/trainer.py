@@ -11,6 +11,7 @@ import torch
 from transformers import Trainer, TrainingArguments, set_seed
 
 from modeling_ilm import ILMForConditionalGeneration
+from training import assets
 from training.config import check_whole_numbers, save_config
 
 logger = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ class TrainerSettings:
     eval_steps: int = 0
     save_steps: int = 50
     gradient_checkpointing: bool = False
-    bf16: bool | str = "auto"
+    bf16: bool | str = False  # "auto": bfloat16 autocast where it runs fast (assets.fast_bfloat16; the presets)
     dataloader_num_workers: int = 0
     seed: int = 0
     # Any other TrainingArguments field (report_to, fsdp, deepspeed, ...): in a config file as
@@ -111,7 +112,7 @@ class ComponentLossTrainer(Trainer):
 
 def training_arguments(config, **overrides) -> TrainingArguments:
     """TrainingArguments from a phase config (fields shared by both phases)."""
-    use_bf16 = config.bf16 if config.bf16 != "auto" else torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    use_bf16 = assets.fast_bfloat16(assets.device()) if config.bf16 == "auto" else config.bf16
     values = dict(
         output_dir=config.output_dir,
         per_device_train_batch_size=config.batch_size,

@@ -57,7 +57,7 @@ def parse_args(argv=None):
     p.add_argument("--llm", default="default", help="frozen LLM of the text baseline without --model (default: the embedded one)")
     p.add_argument("--sentence-model", help="encoder for semantic consistency (default: the MiniLM asset)")
     p.add_argument("--device", default="auto", help="cpu, cuda, ... (auto: cuda when available)")
-    p.add_argument("--dtype", default="float32", choices=["auto", *assets.DTYPES], help="precision of the models (auto: bfloat16 on a GPU that supports it or a CPU with AMX, else float32)")
+    p.add_argument("--dtype", default="float32", choices=["auto", *assets.DTYPES], help="precision of the models (auto: bfloat16 on a GPU that supports it or a CPU with AMX or AVX512-BF16, else float32)")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice; 1 is faster on an oversubscribed machine)")
     p.add_argument("--merge", nargs="+", metavar="RESULTS_JSON", help="only merge these results.json files into --out")
     args = p.parse_args(argv)
@@ -83,7 +83,7 @@ def main(argv=None):
         if args.model:
             from modeling_ilm import ILMForConditionalGeneration, ILMProcessor
 
-            model = ILMForConditionalGeneration.from_pretrained(args.model).to(device, dtype).eval()
+            model = assets.inference_model(ILMForConditionalGeneration.from_pretrained(args.model), device, dtype)
             processor = ILMProcessor.from_pretrained(args.model)
             if "preservation" in args.sections or "text" in args.baselines:
                 llm, tokenizer = load_base_llm(model), processor.tokenizer  # the frozen LLM as published

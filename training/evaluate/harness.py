@@ -127,7 +127,8 @@ def evaluate_model(
 
 
 def dtype_name(model) -> str:
-    return str(model.dtype).removeprefix("torch.")
+    """The precision of the (frozen) LLM, where the compute is."""
+    return str(getattr(model, "language_model", model).dtype).removeprefix("torch.")
 
 
 def load_base_llm(model):
