@@ -56,6 +56,7 @@ BARE_CANDIDATES = {"data": {"candidate_titles": False, "num_train_candidates": N
 # the CPU preset as shipped (the last rows), so earlier rows undo the later levers.
 TOKENS = {n: {"num_query_tokens": n, "num_cf_tokens": n} for n in (1, 2)}  # item tokens per item, phase 1 and 2
 BEFORE = {"finetune": {"num_train_examples": 960, "max_steps": 120, "curve_steps": 40}, "pretrain": {"num_hidden_layers": 4}}
+PRESET_BF16 = {"task_weights": {**PRESET_WEIGHTS, "candidate_selection": 6}, "bf16": "auto"}  # the preset since bfloat16
 ROWS = {
     "head_llm_only": Row("ranking head whose query reads only the LLM's hidden states (4-layer Q-Former, 120 steps)",
                          {**BEFORE["finetune"], "ranking_item_similarity": False}, BEFORE["pretrain"]),
@@ -103,6 +104,17 @@ ROWS = {
     "bfloat16_300": Row("bfloat16 with 300 phase-2 steps (2400 examples) instead of 200: about the float32 row's minutes",
                         {"task_weights": {**PRESET_WEIGHTS, "candidate_selection": 6}, "bf16": "auto", "max_steps": 300,
                          "num_train_examples": 2400}, sections=HEAD + GENERATION, titled=True, dtype="auto"),
+    # what an item's CF vector says beyond its direction: its length, which in ALS tracks how often it is picked
+    "item_prior": Row("bfloat16 + a learned score per item in the ranking head, read from the item's tokens (zero at "
+                      "init)", {**PRESET_BF16, "ranking_item_prior": True}, sections=HEAD + GENERATION, titled=True, dtype="auto"),
+    "cf_length": Row("item_prior + CF vectors divided by the table's RMS instead of layer-normalised one by one, so the "
+                     "encoder sees their lengths (phase 1 and 2)", {**PRESET_BF16, "ranking_item_prior": True},
+                     {"keep_cf_length": True}, sections=HEAD + GENERATION, titled=True, dtype="auto"),
+    "cf_length_no_prior": Row("cf_length without the item prior: the CF lengths alone", PRESET_BF16, {"keep_cf_length": True},
+                              sections=HEAD + GENERATION, titled=True, dtype="auto"),
+    "cf_length_residual": Row("cf_length + the residual path around the Q-Former (item tokens = query outputs + the CF tokens "
+                              "they read, which now carry the length)", {**PRESET_BF16, "ranking_item_prior": True},
+                              {"keep_cf_length": True, "cf_residual": True}, sections=HEAD + GENERATION, titled=True, dtype="auto"),
 }
 # Measured by hand on the same 200 validation users while building the ladder (no training involved
 # unless said): what each representation of an item ranks by itself, as item-to-item similarity to
@@ -110,6 +122,12 @@ ROWS = {
 DIAGNOSTICS = [
     "- Item-to-item similarity over raw ALS vectors ranks at HR@1 0.440 [0.370, 0.500] (ALS user·item: 0.490): most of the CF "
     "signal is item-to-item, which a query built from the prompt's item tokens can read from step 0.",
+    "- Every head row ended at 0.40-0.42 whatever the lever, and the encoder layer-normalised each CF vector, which drops its "
+    "length. In ALS the length tracks popularity (correlation 0.96 with the log of the item's train count). Over raw ALS "
+    "vectors and the last 10 history items (benchmarks/cf_probe.py): mean cosine 0.440, the same on layer-normalised vectors "
+    "0.390 (test 0.355), dot product with the history's mean 0.540 (test 0.480, above ALS user·item's 0.365), cosine plus "
+    "the true log length (weight 0.1) 0.470 (test 0.445); recency weights over the history bought nothing (0.460 at 0.9 per "
+    "step, 0.370 at 0.5). Rows item_prior and cf_length give the model both.",
     "- The same over the Q-Former's item outputs: 4 layers 0.120 at init and 0.285 after phase 1; 1 layer 0.305 at init and "
     "0.335 after phase 1 (its CF tokens, before the BERT layers: 0.415-0.425). Deeper stacks lose CF signal that 120 phase-1 "
     "steps do not win back, and a 1-layer phase 1 also scores better on its own metrics (item-item recall@10 0.083 vs 0.069) "
@@ -182,6 +200,10 @@ DIAGNOSTICS = [
     "point to step 100, and it took 11.5 min of phase 2 instead of 18.6 (355 real tokens/s against 220) and 2.7 min of "
     "evaluation instead of 4.4. bf16 and evaluate.dtype are `auto` in the CPU preset: float32 on CPUs without "
     "bfloat16 instructions.",
+    "- bfloat16_300: the saved minutes spent on 300 steps (2400 examples) instead: 18.1 min of phase 2, head 0.405 [0.335, "
+    "0.480], valid 0.755: nothing bought (the longer cosine schedule stays at a high learning rate longer: 0.145 at step "
+    "50, then 0.360-0.410 from step 100). The curve is flat from step ~150 at this budget, so the preset keeps 200 steps "
+    "and the shorter run.",
 ]
 METRICS = [
     ("HR@1 (likelihood, sum)", "ranking", "hr@1"),
@@ -217,7 +239,8 @@ def phase1(out: Path, preset: dict, overrides: dict, data: dict) -> Path:
 
     folder = out / ("phase1" + suffix(overrides) + suffix(data))
     if not (folder / "phase1_results.json").exists():
-        values = {**preset["pretrain"], **overrides, "data_dir": str(data_dir(out, preset, data)), "output_dir": str(folder)}
+        # keep_cf_length joined the preset with row cf_length: rows that do not ask for it ran without it
+        values = {**preset["pretrain"], "keep_cf_length": False, **overrides, "data_dir": str(data_dir(out, preset, data)), "output_dir": str(folder)}
         pretrain(load_config(PretrainConfig, values))
     return folder / "final"
 
@@ -240,7 +263,8 @@ def run_row(name: str, out: Path, preset: dict, users: int, trained: Path | None
     data = data_dir(out, preset, data_overrides)
     if trained is None:
         init = phase1(out, preset, row.pretrain, data_overrides)
-        values = {**preset["finetune"], "bf16": False, "init": str(init), **finetune_overrides, "data_dir": str(data), "output_dir": str(row_dir), "name": name}
+        # the preset's later levers (bf16, the item prior) undone: each row asks for those it ran with
+        values = {**preset["finetune"], "bf16": False, "ranking_item_prior": False, "init": str(init), **finetune_overrides, "data_dir": str(data), "output_dir": str(row_dir), "name": name}
         summary = finetune(load_config(FinetuneConfig, values))
     else:
         summary = json.loads((trained / "phase2_results.json").read_text())

@@ -43,6 +43,11 @@ class ILMConfig(PreTrainedConfig):
             Adds each CF token to the output of the query at its position (needs `num_cf_tokens ==
             num_query_tokens`): a residual path around the Q-Former, so the item tokens keep the CF
             vectors' geometry, which a few cross-attention layers otherwise blur (benchmarks/quality.md).
+        cf_scale (`float`, *optional*):
+            How CF vectors are standardised before they meet learned weights. None: each vector is
+            layer-normalised, which drops its length. A number: vectors are divided by it (phase 1 sets
+            the RMS of the item table's entries), so each keeps its length, which in ALS grows with the
+            item's number of interactions (benchmarks/quality.md, row cf_length).
         num_items / num_users (`int`):
             Rows of the frozen CF tables stored in the model. 0 means callers pass raw CF vectors.
         adapter_type (`str`):
@@ -76,6 +81,9 @@ class ILMConfig(PreTrainedConfig):
         ranking_item_similarity (`bool`):
             The ranking head's query also holds the prompt's item tokens through the key projection,
             and its LLM terms start at zero: training starts from item-to-item similarity.
+        ranking_item_prior (`bool`):
+            The ranking head adds a score of each item read from its own tokens (zero at init): how
+            likely any user is to pick it, which a cosine of normalised vectors cannot express.
         ranking_loss_weight (`float`):
             Weight of the ranking loss next to the answer (next-token) loss.
         text_decoder_bos_token_id (`int`):
@@ -104,6 +112,7 @@ class ILMConfig(PreTrainedConfig):
     cf_dim: int = 64
     num_cf_tokens: int = 4
     cf_residual: bool = False
+    cf_scale: float | None = None
     num_items: int = 0
     num_users: int = 0
     adapter_type: str = "qformer"
@@ -120,6 +129,7 @@ class ILMConfig(PreTrainedConfig):
     ranking_head: bool = False
     ranking_dim: int = 256
     ranking_item_similarity: bool = True
+    ranking_item_prior: bool = False
     ranking_loss_weight: float = 1.0
     text_decoder_bos_token_id: int = 2  # "[unused1]" in BERT vocabularies
     text_pooling: str = "mean"
@@ -138,6 +148,8 @@ class ILMConfig(PreTrainedConfig):
                 f"cf_residual adds CF token i to query output i: set num_cf_tokens={self.num_cf_tokens} equal to "
                 f"num_query_tokens={self.num_query_tokens}, or cf_residual=False."
             )
+        if self.cf_scale is not None and not self.cf_scale > 0:
+            raise ValueError(f"cf_scale={self.cf_scale!r}: give a positive number (e.g. the RMS of the CF table), or None to layer-normalise CF vectors.")
         weights = {"itc": 1.0, "itm": 1.0, "itg": 1.0, "item_item": 0.0, "user_item": 0.0}
         unknown = set(self.phase1_loss_weights or {}) - set(PHASE1_LOSSES)
         if unknown:

@@ -54,6 +54,18 @@ def qformer_config_from(bert_config, overrides: dict | None = None) -> dict:
     return {**{key: getattr(bert_config, key) for key in QFORMER_FROM_BERT}, **(overrides or {})}
 
 
+def resolve_table_settings(config_kwargs: dict, item_embeddings) -> None:
+    """Config fields read off the item CF table: its width, and `cf_scale="table"` (the RMS of its entries)."""
+    if item_embeddings is None:
+        if config_kwargs.get("cf_scale") == "table":
+            raise ValueError('cf_scale="table" needs item_embeddings; pass them or give cf_scale as a number.')
+        return
+    table = torch.as_tensor(item_embeddings, dtype=torch.float32)
+    config_kwargs.setdefault("cf_dim", table.shape[1])
+    if config_kwargs.get("cf_scale") == "table":
+        config_kwargs["cf_scale"] = table.pow(2).mean().sqrt().item()
+
+
 def build_generation_model(cls, text_model_name_or_path, qformer_name_or_path=None, *, llm_kwargs=None,
                            item_embeddings=None, user_embeddings=None, item_token_id=None, user_token_id=None, **config_kwargs):
     """`ILMForConditionalGeneration.from_components` (see there)."""
@@ -65,8 +77,7 @@ def build_generation_model(cls, text_model_name_or_path, qformer_name_or_path=No
     if qformer_name_or_path is not None:
         qformer_config = qformer_config_from(AutoConfig.from_pretrained(qformer_name_or_path), qformer_config)
         bert = AutoModel.from_pretrained(qformer_name_or_path, dtype=torch.float32)
-    if item_embeddings is not None:
-        config_kwargs.setdefault("cf_dim", item_embeddings.shape[1])
+    resolve_table_settings(config_kwargs, item_embeddings)
     config = ILMConfig(
         qformer_config=qformer_config,
         text_config=copy.deepcopy(llm.config),  # the LLM keeps its own, with its attention backend set
@@ -86,8 +97,7 @@ def build_generation_model(cls, text_model_name_or_path, qformer_name_or_path=No
 def build_pretraining_model(cls, text_model_name_or_path, qformer_name_or_path, *, item_embeddings=None, user_embeddings=None, **config_kwargs):
     """`ILMForItemTextPretraining.from_components` (see there): the LLM is named, not loaded."""
     bert = AutoModel.from_pretrained(qformer_name_or_path, dtype=torch.float32)
-    if item_embeddings is not None:
-        config_kwargs.setdefault("cf_dim", item_embeddings.shape[1])
+    resolve_table_settings(config_kwargs, item_embeddings)
     config = ILMConfig(
         qformer_config=qformer_config_from(bert.config, config_kwargs.pop("qformer_config", None)),
         text_config=AutoConfig.from_pretrained(text_model_name_or_path),

@@ -95,6 +95,8 @@ class ILMItemScorer(nn.Module):
         self.key = nn.Sequential(nn.LayerNorm(llm_hidden), nn.Linear(llm_hidden, dim))
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
         self.item_similarity = config.ranking_item_similarity
+        # cosines cannot say that some items are picked more than others: a score per item, from its tokens
+        self.prior = nn.Sequential(nn.LayerNorm(llm_hidden), nn.Linear(llm_hidden, 1)) if config.ranking_item_prior else None
 
     def queries(self, answer: torch.Tensor, users: torch.Tensor, items: torch.Tensor, item_inputs: torch.Tensor) -> torch.Tensor:
         """Each `(batch, llm_hidden)`: the answer position's state, the mean state over the user
@@ -112,9 +114,28 @@ class ILMItemScorer(nn.Module):
         """queries `(batch, ranking_dim)` from `queries()`; item_tokens `(num_items, Q, llm_hidden)`
         shared by every row, or `(batch, num_items, Q, llm_hidden)` per row. Returns `(batch, num_items)`."""
         with float32_region(queries.device):
-            keys = nn.functional.normalize(self.key(item_tokens.to(self.logit_scale.dtype).mean(-2)), dim=-1)
+            items = item_tokens.to(self.logit_scale.dtype).mean(-2)
+            keys = nn.functional.normalize(self.key(items), dim=-1)
             scores = queries @ keys.t() if keys.ndim == 2 else torch.einsum("bd,bnd->bn", queries, keys)
-            return self.logit_scale.clamp(max=math.log(100.0)).exp() * scores
+            scores = self.logit_scale.clamp(max=math.log(100.0)).exp() * scores
+            return scores if self.prior is None else scores + self.prior(items).squeeze(-1)
+
+
+class ILMCFScale(nn.Module):
+    """Divides CF vectors by one number for the whole table (`config.cf_scale`), keeping each one's length."""
+
+    def __init__(self, scale: float):
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, cf_embeds: torch.Tensor) -> torch.Tensor:
+        return cf_embeds / self.scale
+
+
+def cf_input_norm(config: ILMConfig) -> nn.Module:
+    """CF factors come at any scale (ALS: ~0.03): standardise them before they meet learned weights,
+    per vector (LayerNorm, which drops the length) or by `config.cf_scale` (which keeps it)."""
+    return nn.LayerNorm(config.cf_dim) if config.cf_scale is None else ILMCFScale(config.cf_scale)
 
 
 class ILMCFEmbeddings(nn.Module):
@@ -153,8 +174,7 @@ class ILMQFormerEncoder(nn.Module):
         hidden = qformer_config.hidden_size
         self.num_cf_tokens = config.num_cf_tokens
         self.cf_residual = config.cf_residual
-        # CF factors come at any scale (ALS: ~0.03): standardise them before they meet learned weights
-        self.cf_input_norm = nn.LayerNorm(config.cf_dim)
+        self.cf_input_norm = cf_input_norm(config)
         self.cf_projection = nn.Linear(config.cf_dim, config.num_cf_tokens * hidden)
         self.cf_layernorm = nn.LayerNorm(hidden, eps=qformer_config.layer_norm_eps)
         # Users go through the same encoder as "special items"; this tells the two apart.
@@ -292,6 +312,9 @@ class ILMPreTrainedModel(PreTrainedModel):
                 for part in module.query.values():
                     init.zeros_(part[1].weight)
                     init.zeros_(part[1].bias)
+            if module.prior is not None:  # no item preferred until the ranking loss says so
+                init.zeros_(module.prior[1].weight)
+                init.zeros_(module.prior[1].bias)
 
     def _build_item_encoder(self, config: ILMConfig):
         self.cf_embeddings = ILMCFEmbeddings(config)
@@ -361,7 +384,7 @@ class ILMForConditionalGeneration(ILMPreTrainedModel, GenerationMixin):
             self.adapter = nn.Linear(config.qformer_config.hidden_size, llm_hidden)
         else:  # CoLLM-style: one MLP from the CF vector to all item tokens
             self.adapter = nn.Sequential(
-                nn.LayerNorm(config.cf_dim),
+                cf_input_norm(config),
                 nn.Linear(config.cf_dim, config.mlp_hidden_size),
                 nn.GELU(),
                 nn.Linear(config.mlp_hidden_size, config.num_query_tokens * llm_hidden),
@@ -387,7 +410,9 @@ class ILMForConditionalGeneration(ILMPreTrainedModel, GenerationMixin):
         self.language_model = with_lora(self.language_model, lora_config)
         self.freeze_language_model()
 
-    def enable_ranking_head(self, ranking_dim: int | None = None, ranking_loss_weight: float | None = None, item_similarity: bool | None = None):
+    def enable_ranking_head(
+        self, ranking_dim: int | None = None, ranking_loss_weight: float | None = None, item_similarity: bool | None = None, item_prior: bool | None = None
+    ):
         """Adds the ranking head (`config.ranking_head`) to a model built without it, e.g. one
         loaded from a phase-1 checkpoint. Saved and loaded with the model."""
         if self.item_scorer is not None:
@@ -398,6 +423,8 @@ class ILMForConditionalGeneration(ILMPreTrainedModel, GenerationMixin):
             self.config.ranking_loss_weight = ranking_loss_weight
         if item_similarity is not None:
             self.config.ranking_item_similarity = item_similarity
+        if item_prior is not None:
+            self.config.ranking_item_prior = item_prior
         self.item_scorer = ILMItemScorer(self.config).to(self.device)
         self.item_scorer.apply(self._init_weights)
 
@@ -732,7 +759,7 @@ class ILMForConditionalGeneration(ILMPreTrainedModel, GenerationMixin):
         `qformer_config`). `item_embeddings` / `user_embeddings`: `(num_items, cf_dim)` /
         `(num_users, cf_dim)` CF tables. `item_token_id` / `user_token_id` come from the processor's
         tokenizer (`ILMProcessor.from_components` adds the placeholder tokens). Other keyword
-        arguments are `ILMConfig` fields.
+        arguments are `ILMConfig` fields; `cf_scale="table"` takes the RMS of the item table's entries.
         """
         return build_generation_model(
             cls, text_model_name_or_path, qformer_name_or_path, llm_kwargs=llm_kwargs, item_embeddings=item_embeddings,
@@ -839,7 +866,8 @@ class ILMForItemTextPretraining(ILMPreTrainedModel):
     def from_components(cls, text_model_name_or_path, qformer_name_or_path, *, item_embeddings=None, user_embeddings=None, **config_kwargs):
         """A fresh phase-1 model: Q-Former from a BERT-family encoder, and the LLM named (config only)
         so the checkpoint loads straight into `ILMForConditionalGeneration`. `item_embeddings` /
-        `user_embeddings`: `(N, cf_dim)` CF tables; other keyword arguments are `ILMConfig` fields."""
+        `user_embeddings`: `(N, cf_dim)` CF tables; other keyword arguments are `ILMConfig` fields
+        (`cf_scale="table"`: the RMS of the item table's entries)."""
         return build_pretraining_model(
             cls, text_model_name_or_path, qformer_name_or_path, item_embeddings=item_embeddings, user_embeddings=user_embeddings, **config_kwargs
         )

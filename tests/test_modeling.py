@@ -350,6 +350,30 @@ def test_cf_residual_adds_each_cf_token_to_its_query_output(tiny_components, pro
         ILMConfig(num_query_tokens=2, num_cf_tokens=4, cf_residual=True)
 
 
+@pytest.mark.parametrize("adapter_type", ["qformer", "mlp"])
+def test_cf_scale_keeps_the_length_of_cf_vectors_that_layer_norm_drops(tiny_components, processor, adapter_type, tmp_path):
+    table = torch.randn(len(CATALOG["items"]), 8)
+    scaled = build(tiny_components, processor, adapter_type, cf_scale="table")
+    assert scaled.config.cf_scale == pytest.approx(scaled.cf_embeddings.items.weight.pow(2).mean().sqrt().item())
+    normed = build(tiny_components, processor, adapter_type)
+    direction = table[:1]
+    with torch.no_grad():
+        # the same direction at two lengths (in ALS: a rarely and an often picked item)
+        short, long = (scaled.encode_cf(direction * length) for length in (0.5, 2.0))
+        assert not torch.allclose(short, long, atol=1e-4)
+        short, long = (normed.encode_cf(direction * length) for length in (0.5, 2.0))
+        torch.testing.assert_close(short, long, atol=1e-4, rtol=1e-4)  # layer norm sees one vector
+    scaled.save_pretrained(tmp_path)
+    reloaded = ILMForConditionalGeneration.from_pretrained(tmp_path).eval()
+    assert reloaded.config.cf_scale == scaled.config.cf_scale
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded.encode_cf(direction), scaled.encode_cf(direction))
+    with pytest.raises(ValueError, match="cf_scale=0: give a positive number"):
+        ILMConfig(cf_scale=0)
+    with pytest.raises(ValueError, match='cf_scale="table" needs item_embeddings'):
+        ILMForConditionalGeneration.from_components(tiny_components["llm"], tiny_components["bert"], cf_scale="table")
+
+
 def test_class_docstring_example_runs(tiny_components, tmp_path):
     """The example in ILMForConditionalGeneration's docstring, run as written on a tiny saved folder."""
     titles = ["heat", "babe", "casino", "toy story", "jumanji", "sabrina"]

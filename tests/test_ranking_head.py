@@ -70,6 +70,38 @@ def test_head_starts_as_similarity_to_the_prompts_items(tiny_components, process
     assert not torch.allclose(plain.score_items(**inputs), expected)
 
 
+def test_item_prior_starts_at_zero_learns_a_score_per_item_and_is_saved(tiny_components, processor, tmp_path):
+    model = build(tiny_components, processor, ranking_item_prior=True)
+    inputs = processor(messages=PROMPTS, item_ids=ITEMS, user_ids=USERS)
+
+    @torch.no_grad()
+    def prior_and_cosines():
+        prior = model.item_scorer.prior
+        model.item_scorer.prior = None
+        cosines = model.score_items(**inputs)
+        model.item_scorer.prior = prior
+        return prior(model.get_item_tokens(torch.arange(6)).mean(1)).squeeze(-1), cosines
+
+    prior, cosines = prior_and_cosines()
+    assert not prior.any()  # no item preferred at init
+    # every user's answer is item 4: a score of the item alone explains it, and the prior learns it
+    train, labels = answered(processor), torch.tensor([4, 4])
+    optimizer = torch.optim.AdamW(model.item_scorer.prior.parameters(), lr=1e-2)
+    for _ in range(30):
+        loss = model(**train, rank_item_ids=torch.arange(6), rank_labels=labels).loss_rank
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    prior, cosines = prior_and_cosines()
+    assert prior.argmax() == 4
+    with torch.no_grad():
+        torch.testing.assert_close(model.score_items(**inputs), cosines + prior, atol=1e-4, rtol=1e-4)
+        model.save_pretrained(tmp_path)
+        reloaded = ILMForConditionalGeneration.from_pretrained(tmp_path).eval()
+        assert reloaded.config.ranking_item_prior
+        torch.testing.assert_close(reloaded.score_items(**inputs), model.score_items(**inputs))
+
+
 @torch.no_grad()
 def test_training_reads_the_hidden_state_where_the_answer_starts(model, processor):
     """A right-padded training batch (answers included) and the left-padded prompt of generation

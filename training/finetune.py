@@ -47,6 +47,7 @@ class FinetuneConfig(TrainerSettings):
     # checkpoint's own holds, and a value set here must match it
     num_hidden_layers: int | None = None  # None: the Q-Former init's depth
     cf_residual: bool | None = None  # None: False (ILMConfig.cf_residual)
+    keep_cf_length: bool | None = None  # None: False (PretrainConfig.keep_cf_length)
     # "tokens" (the paper: item tokens only) or "title+tokens" (LLaRA's hybrid: each item's title,
     # then its tokens); saved with the processor, so evaluation and inference render items the same way
     item_rendering: str = "tokens"
@@ -60,6 +61,7 @@ class FinetuneConfig(TrainerSettings):
     ranking_negatives: int = 256
     ranking_loss_weight: float = 1.0
     ranking_item_similarity: bool = True  # the head starts as item-to-item similarity (ILMConfig.ranking_item_similarity)
+    ranking_item_prior: bool = False  # the head adds a learned score per item, from its tokens (ILMConfig.ranking_item_prior)
     # SASRec-style: in next-item prompts, the end of every history item also predicts the next one,
     # so one forward gives ~history_len ranking examples instead of one
     ranking_history: bool = False
@@ -235,6 +237,7 @@ def build_model_and_processor(config: FinetuneConfig):
             num_query_tokens=config.num_query_tokens,
             num_cf_tokens=config.num_cf_tokens,
             cf_residual=bool(config.cf_residual),
+            cf_scale="table" if config.keep_cf_length else None,
             qformer_config={"num_hidden_layers": config.num_hidden_layers} if config.num_hidden_layers else None,
             adapter_type=config.adapter_type,
             mlp_hidden_size=config.mlp_hidden_size,
@@ -245,6 +248,7 @@ def build_model_and_processor(config: FinetuneConfig):
             "num_query_tokens": model.config.num_query_tokens,
             "num_hidden_layers": model.config.qformer_config.num_hidden_layers,
             "cf_residual": model.config.cf_residual,
+            "keep_cf_length": model.config.cf_scale is not None,
         }
         for key, value in saved.items():
             asked = getattr(config, key)
@@ -254,7 +258,9 @@ def build_model_and_processor(config: FinetuneConfig):
     if config.lora and not model.config.lora_config:
         model.enable_lora(**config.lora)
     if config.ranking_head and model.item_scorer is None:
-        model.enable_ranking_head(ranking_loss_weight=config.ranking_loss_weight, item_similarity=config.ranking_item_similarity)
+        model.enable_ranking_head(
+            ranking_loss_weight=config.ranking_loss_weight, item_similarity=config.ranking_item_similarity, item_prior=config.ranking_item_prior
+        )
     if model.config.num_items != len(catalog["items"]):
         raise ValueError(f"The model's CF table has {model.config.num_items} items, the catalog {len(catalog['items'])}.")
     return model, processor

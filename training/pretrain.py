@@ -50,6 +50,7 @@ class PretrainConfig(TrainerSettings):
     num_cf_tokens: int = 4
     num_hidden_layers: int | None = None  # Q-Former depth; None keeps the init model's
     cf_residual: bool = False  # item tokens = query outputs + the CF tokens they read (ILMConfig.cf_residual)
+    keep_cf_length: bool = False  # scale CF vectors by the table's RMS instead of layer-normalising each (ILMConfig.cf_scale)
     max_text_length: int = 32
     batch_size: int = 32
     max_steps: int = 300
@@ -134,6 +135,7 @@ def build_model(config: PretrainConfig) -> ILMForItemTextPretraining:
         num_query_tokens=config.num_query_tokens,
         num_cf_tokens=config.num_cf_tokens,
         cf_residual=config.cf_residual,
+        cf_scale="table" if config.keep_cf_length else None,
         phase1_loss_weights=weights,
         qformer_config=qformer_config,
     )
