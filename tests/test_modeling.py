@@ -370,6 +370,8 @@ def test_cf_scale_keeps_the_length_of_cf_vectors_that_layer_norm_drops(tiny_comp
         torch.testing.assert_close(reloaded.encode_cf(direction), scaled.encode_cf(direction))
     with pytest.raises(ValueError, match="cf_scale=0: give a positive number"):
         ILMConfig(cf_scale=0)
+    with pytest.raises(ValueError, match="cf_scale='table': give a positive number"):
+        ILMConfig(cf_scale="table")  # only from_components has the table to take the RMS of
     with pytest.raises(ValueError, match='cf_scale="table" needs item_embeddings'):
         ILMForConditionalGeneration.from_components(tiny_components["llm"], tiny_components["bert"], cf_scale="table")
 
