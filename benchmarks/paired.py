@@ -11,23 +11,12 @@ evaluation), then ALS (user·item) and popularity. The first `--model` is the re
 
 import argparse
 
-import numpy as np
-
 from training import assets
 from training.evaluate.baselines import als_scorer, popularity_scorer
 from training.evaluate.lm import ChatModel
-from training.evaluate.metrics import bootstrap_ci, per_example
+from training.evaluate.metrics import bootstrap_ci
 from training.evaluate.protocol import load_protocol
-from training.evaluate.recommendation import head_scorer
-
-
-def hits_at_1(score_fn, protocol) -> np.ndarray:
-    scores, truth = [], []
-    for user_id in protocol.users:
-        candidates = protocol.candidates[user_id]
-        scores.append(np.asarray(score_fn(user_id, candidates), dtype=float).tolist())
-        truth.append(candidates.index(protocol.targets[user_id]))
-    return per_example("ranking", scores, truth, k=[1])["hr@1"]
+from training.evaluate.recommendation import head_scorer, ranking_values
 
 
 def ilm_head(model_dir, protocol, dtype_name):
@@ -53,8 +42,9 @@ def main(argv=None):
     if args.bootstrap < 1:
         parser.error("--bootstrap: give at least 1 resample (1000 for the README's CIs)")
     protocol = load_protocol(args.data, split=args.split, users=args.users)
-    hits = {f"{name} (ranking head)": hits_at_1(ilm_head(folder, protocol, args.dtype), protocol) for name, folder in models}
-    hits |= {"ALS (user·item)": hits_at_1(als_scorer(args.data), protocol), "Popularity": hits_at_1(popularity_scorer(args.data), protocol)}
+    rankers = {f"{name} (ranking head)": ilm_head(folder, protocol, args.dtype) for name, folder in models}
+    rankers |= {"ALS (user·item)": als_scorer(args.data), "Popularity": popularity_scorer(args.data)}
+    hits = {name: ranking_values(score_fn, protocol, k=(1,), desc=name)["hr@1"] for name, score_fn in rankers.items()}  # per user
     reference, first = next(iter(hits.items()))
     print(f"{args.split} split, {len(protocol.users)} users, {protocol.num_candidates} candidates each; differences paired over users\n")
     print(f"| ranker | HR@1 | 95% CI | {reference} minus ranker | 95% CI of the difference |")

@@ -26,14 +26,20 @@ from .prompts import CANDIDATE_TEMPLATE, NEXT_ITEM_TEMPLATE, recommendation_prom
 log = logging.getLogger(__name__)
 
 
-def ranking_section(score_fn, protocol, n_boot=1000, seed=0, desc="ranking") -> dict:
-    """score_fn(user_id, candidate ids in display order) -> one score per candidate (higher = better)."""
+def ranking_values(score_fn, protocol, k=(1, 5), desc="ranking") -> dict:
+    """Per-user HR@k / NDCG@k (one value per protocol user, in order) of the target's rank by
+    score_fn(user_id, candidate ids in display order) -> one score per candidate (higher = better)."""
     scores, truth = [], []
     for user_id in tqdm(protocol.users, desc=desc, leave=False):
         candidates = protocol.candidates[user_id]
         scores.append(np.asarray(score_fn(user_id, candidates), dtype=float).tolist())
         truth.append(candidates.index(protocol.targets[user_id]))
-    values = per_example("ranking", scores, truth, k=[1, 5])
+    return per_example("ranking", scores, truth, k=list(k))
+
+
+def ranking_section(score_fn, protocol, n_boot=1000, seed=0, desc="ranking") -> dict:
+    """HR@1 / NDCG@5 with CIs of `ranking_values`."""
+    values = ranking_values(score_fn, protocol, k=(1, 5), desc=desc)
     return summarize_all(values, {"hr@1": "hr@1", "ndcg@5": "ndcg@5"}, n_boot, seed)
 
 
