@@ -148,7 +148,7 @@ class ILMConfig(PreTrainedConfig):
                 f"cf_residual adds CF token i to query output i: set num_cf_tokens={self.num_cf_tokens} equal to "
                 f"num_query_tokens={self.num_query_tokens}, or cf_residual=False."
             )
-        if self.cf_scale is not None and not (isinstance(self.cf_scale, (int, float)) and self.cf_scale > 0):
+        if self.cf_scale is not None and (isinstance(self.cf_scale, bool) or not (isinstance(self.cf_scale, (int, float)) and self.cf_scale > 0)):
             raise ValueError(
                 f"cf_scale={self.cf_scale!r}: give a positive number (e.g. the RMS of the CF table; from_components takes "
                 '"table" for it), or None to layer-normalise CF vectors.'

@@ -208,4 +208,5 @@ def load_light_checkpoint(cls, path, config, **kwargs):
     if unexpected:
         logger.info("Ignored weights not used for generation (phase-1 heads): %s", sorted(unexpected)[:8])
     model.generation_config = llm.generation_config
-    return model.to(dtype).to(torch.device(device) if device is not None else model.device).eval()
+    model.language_model.to(dtype)  # as from_pretrained does for a full folder (_keep_in_fp32_modules_strict)
+    return model.to(torch.device(device) if device is not None else model.device).eval()

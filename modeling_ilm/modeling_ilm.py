@@ -299,6 +299,9 @@ class ILMPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_attention_backend = True
     _no_split_modules = ["Blip2QFormerLayer"]
+    # from_pretrained(dtype=torch.bfloat16 / float16) casts the frozen LLM only: the item encoder and the
+    # ranking head (~1% of the weights) rank by small score differences that half precision rounds away
+    _keep_in_fp32_modules_strict = ["cf_embeddings", "item_encoder", "adapter", "item_scorer"]
 
     def _init_weights(self, module):
         super()._init_weights(module)

@@ -224,7 +224,10 @@ def test_loading_honours_attn_implementation(model, tmp_path, light):
     for attention in ("eager", "sdpa"):
         loaded = ILMForConditionalGeneration.from_pretrained(tmp_path, attn_implementation=attention)
         assert loaded.language_model.config._attn_implementation == attention
-    assert ILMForConditionalGeneration.from_pretrained(tmp_path, device_map="cpu", dtype=torch.bfloat16).dtype == torch.bfloat16
+    half = ILMForConditionalGeneration.from_pretrained(tmp_path, device_map="cpu", dtype=torch.bfloat16)
+    assert {p.dtype for p in half.language_model.parameters()} == {torch.bfloat16}
+    # the item encoder and adapter stay float32 (_keep_in_fp32_modules_strict), as evaluation runs them
+    assert {p.dtype for n, p in half.named_parameters() if not n.startswith("language_model.")} == {torch.float32}
     if light:  # what a light folder cannot honour is refused by name, never ignored
         for bad in ({"device_map": "auto"}, {"low_cpu_mem_usage": True}):
             with pytest.raises(ValueError, match="light checkpoint .*" + re.escape(str(list(bad)[0]))):
@@ -370,6 +373,8 @@ def test_cf_scale_keeps_the_length_of_cf_vectors_that_layer_norm_drops(tiny_comp
         torch.testing.assert_close(reloaded.encode_cf(direction), scaled.encode_cf(direction))
     with pytest.raises(ValueError, match="cf_scale=0: give a positive number"):
         ILMConfig(cf_scale=0)
+    with pytest.raises(ValueError, match="cf_scale=True: give a positive number"):
+        ILMConfig(cf_scale=True)  # a bool is an int to Python, not a scale
     with pytest.raises(ValueError, match="cf_scale='table': give a positive number"):
         ILMConfig(cf_scale="table")  # only from_components has the table to take the RMS of
     with pytest.raises(ValueError, match='cf_scale="table" needs item_embeddings'):
