@@ -115,6 +115,18 @@ ROWS = {
     "cf_length_residual": Row("cf_length + the residual path around the Q-Former (item tokens = query outputs + the CF tokens "
                               "they read, which now carry the length)", {**PRESET_BF16, "ranking_item_prior": True},
                               {"keep_cf_length": True, "cf_residual": True}, sections=HEAD + GENERATION, titled=True, dtype="auto"),
+    # the preset as `make main` trained it on the 2-core Intel Xeon (AMX) where the rows below ran: their reference
+    "cf_length_intel": Row("cf_length (the CPU preset) trained by make main on the Intel machine the next rows ran on",
+                           {**PRESET_BF16, "ranking_item_prior": True}, {"keep_cf_length": True},
+                           sections=HEAD + GENERATION, titled=True, dtype="auto"),
+    # the greedy answers that name no candidate are mis-copied titles ("Dazed and Confusing (1993)"): more copying practice
+    "candidate_selection_12": Row("cf_length with 12 shares of candidate selection instead of 6 (the same 1600 examples)",
+                                  {**PRESET_BF16, "task_weights": {**PRESET_WEIGHTS, "candidate_selection": 12}, "ranking_item_prior": True},
+                                  {"keep_cf_length": True}, sections=HEAD + GENERATION, titled=True, dtype="auto"),
+    # or make copying easier: after "<item>" comes the title to copy, where "Title <item>" has the next candidate's title
+    "candidate_tokens_first": Row("cf_length with each candidate's item tokens before its title (\"<item> Heat (1995)\")",
+                                  {**PRESET_BF16, "ranking_item_prior": True}, {"keep_cf_length": True},
+                                  data={"candidate_tokens_first": True}, sections=HEAD + GENERATION, titled=True, dtype="auto"),
 }
 # Measured by hand on the same 200 validation users while building the ladder (no training involved
 # unless said): what each representation of an item ranks by itself, as item-to-item similarity to

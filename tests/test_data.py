@@ -392,6 +392,35 @@ def test_candidate_lines_put_each_titled_candidate_on_its_own_line(built, tmp_pa
     assert text.endswith("next?" + "".join(f"\n- {titles[c]}" for c in protocol.candidates[u]))
 
 
+def test_candidate_tokens_first_show_each_candidate_placeholder_before_its_title(built, tmp_path):
+    out, _ = built
+    first_out = tmp_path / "tokens_first"
+    titles, plain, first = build_candidate_rendering(built, first_out, candidate_titles=True, candidate_tokens_first=True)
+    for split in ("train", "validation"):
+        assert plain[split]["item_ids"] == first[split]["item_ids"]  # the same ids in the same order: placeholders line up
+        for a, b in zip(plain[split], first[split]):
+            if a["task"] != "candidate_selection":
+                assert a["messages"] == b["messages"]
+                continue
+            text = b["messages"][0]["content"]
+            assert text.count(ITEM_TOKEN) == len(b["item_ids"])
+            shown = [i for i in b["item_ids"] if f"{ITEM_TOKEN} {titles[i]}" in text]
+            assert len(shown) >= 2 and not any(f"{titles[i]} {ITEM_TOKEN}" in text for i in shown)
+    from training.evaluate.prompts import CANDIDATE_TEMPLATE, as_text, recommendation_prompt
+    from training.evaluate.protocol import load_protocol
+
+    protocol = load_protocol(first_out, split="validation")
+    assert protocol.candidate_tokens_first and protocol.describe(10)["candidate_tokens_first"]
+    assert "candidate_tokens_first" not in load_protocol(out, split="validation").describe(10)
+    u = protocol.users[0]
+    prompt = recommendation_prompt(protocol, u, CANDIDATE_TEMPLATE, with_candidates=True)
+    assert prompt.messages[0]["content"].endswith("? " + ", ".join(f"{ITEM_TOKEN} {titles[c]}" for c in protocol.candidates[u]))
+    text = as_text(prompt, titles).messages[0]["content"]  # the text baseline sees each title once
+    assert text.endswith("? " + ", ".join(titles[c] for c in protocol.candidates[u])) and ITEM_TOKEN not in text
+    with pytest.raises(ValueError, match="candidate_tokens_first .* set candidate_titles=True"):
+        build_generic(GENERIC, tmp_path / "bad", candidate_tokens_first=True)
+
+
 def test_candidates_can_show_their_titles_alone(built, tmp_path):
     out, _ = built
     titles_out = tmp_path / "titles_only"

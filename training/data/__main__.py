@@ -45,6 +45,8 @@ def main(argv=None):
     opt.add_argument("--candidate-lines", action="store_true", help="candidate lists show one candidate per line")
     opt.add_argument("--no-candidate-tokens", dest="candidate_tokens", action="store_false",
                      help="with --candidate-titles: candidates show their titles alone, no item tokens")
+    opt.add_argument("--candidate-tokens-first", action="store_true",
+                     help="with --candidate-titles: each candidate's item tokens before its title (\"<item> Heat (1995)\")")
     args = p.parse_args(argv)
 
     logging.basicConfig(

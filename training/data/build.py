@@ -56,6 +56,9 @@ class BuildConfig:
     candidate_lines: bool = False
     # False (with candidate_titles): candidates are shown by their titles alone, no item tokens
     candidate_tokens: bool = True
+    # and (with candidate_titles) each candidate's item tokens before its title ("<item> Heat (1995)"),
+    # so the title an answer copies follows the tokens the LLM read the candidate from
+    candidate_tokens_first: bool = False
     # candidates per training candidate-selection prompt (None: num_candidates); fewer make shorter
     # prompts, e.g. titled ones, where what is learnt is how to answer with a listed title
     num_train_candidates: int | None = None
@@ -76,6 +79,8 @@ class BuildConfig:
             raise ValueError(f"cf_reg and cf_alpha must be >= 0, got {self.cf_reg!r} and {self.cf_alpha!r}.")
         if not (self.candidate_titles or self.candidate_tokens):
             raise ValueError("candidate_tokens=False shows candidates without item tokens: set candidate_titles=True so they show their titles.")
+        if self.candidate_tokens_first and not (self.candidate_titles and self.candidate_tokens):
+            raise ValueError("candidate_tokens_first orders each candidate's item tokens and title: set candidate_titles=True and candidate_tokens=True.")
 
 
 def load_source(dataset="ml-100k", interactions=None, items=None, users=None, grouplens=None, recbole=None):
@@ -226,6 +231,7 @@ def _build(out, final, tables, source, cfg, start):
         candidate_titles=cfg.candidate_titles,
         candidate_lines=cfg.candidate_lines,
         candidate_tokens=cfg.candidate_tokens,
+        candidate_tokens_first=cfg.candidate_tokens_first,
     )
     phase2, phase2_counts = build_phase2(ctx, cfg.seed, cfg.max_train_per_task, cfg.max_eval_per_task)
 

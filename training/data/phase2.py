@@ -73,6 +73,7 @@ class Context:
     candidate_titles: bool = False  # candidate lists show each title before its placeholder
     candidate_lines: bool = False  # candidate lists show one candidate per line
     candidate_tokens: bool = True  # False: candidate lists show titles alone
+    candidate_tokens_first: bool = False  # candidate lists show each candidate's tokens before its title
 
 
 def _number(x):
@@ -151,7 +152,8 @@ def candidate_facts(ctx, split, rng):
             cands = [target, *ctx.sampler.sample(u, ctx.num_train_candidates - 1, rng)]
         else:
             cands = ctx.candidates[split][u]
-        yield facts | {"candidates": items(*_shuffled(cands, rng), titled=ctx.candidate_titles, lines=ctx.candidate_lines, tokens=ctx.candidate_tokens)}
+        yield facts | {"candidates": items(*_shuffled(cands, rng), titled=ctx.candidate_titles, lines=ctx.candidate_lines, tokens=ctx.candidate_tokens,
+                                         tokens_first=ctx.candidate_tokens_first)}
 
 
 def conversation_facts(ctx, split, rng):

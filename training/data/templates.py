@@ -23,12 +23,15 @@ class Ref:
     titled: bool = False  # each item as its title then its placeholder (LLaRA's hybrid rendering)
     lines: bool = False  # one entity per line ("\n- Heat (1995) <item>"): titles hold commas, so a comma list blurs where one ends
     tokens: bool = True  # False (titled only): the title alone, no placeholder
+    tokens_first: bool = False  # (titled) the placeholder then the title ("<item> Heat (1995)")
 
 
-def items(*ids, titled=False, lines=False, tokens=True):
+def items(*ids, titled=False, lines=False, tokens=True, tokens_first=False):
     if not (titled or tokens):
         raise ValueError("An item shown without its item tokens needs its title (titled=True).")
-    return Ref("item", tuple(ids), titled, lines, tokens)
+    if tokens_first and not (titled and tokens):
+        raise ValueError("tokens_first orders an item's tokens and title: it needs titled=True and tokens=True.")
+    return Ref("item", tuple(ids), titled, lines, tokens, tokens_first)
 
 
 def user(uid):
@@ -157,11 +160,14 @@ def entity_title(titles, item_id):
 
 
 def shown_entity(ref, entity_id, placeholder, titles):
-    """One entity of a Ref as the prompt shows it: its placeholder, its title and placeholder, or its title."""
+    """One entity of a Ref as the prompt shows it: its placeholder, its title and placeholder (or
+    placeholder and title), or its title."""
     if not ref.titled:
         return placeholder
     title = entity_title(titles, entity_id)
-    return f"{title} {placeholder}" if ref.tokens else title
+    if not ref.tokens:
+        return title
+    return f"{placeholder} {title}" if ref.tokens_first else f"{title} {placeholder}"
 
 
 def render(template, facts, titles=None):

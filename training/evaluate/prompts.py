@@ -31,7 +31,8 @@ def render_prompt(template_id: str, titles=None, **facts) -> Prompt:
 def recommendation_prompt(protocol, user_id: str, template_id: str, with_candidates: bool) -> Prompt:
     facts = {"user": user(user_id), "history": items(*protocol.history(user_id)), "noun": protocol.noun}
     if with_candidates:
-        facts["candidates"] = items(*protocol.candidates[user_id], titled=protocol.candidate_titles, lines=protocol.candidate_lines, tokens=protocol.candidate_tokens)
+        facts["candidates"] = items(*protocol.candidates[user_id], titled=protocol.candidate_titles, lines=protocol.candidate_lines, tokens=protocol.candidate_tokens,
+                                     tokens_first=protocol.candidate_tokens_first)
     return render_prompt(template_id, titles=protocol.titles, **facts)
 
 
@@ -42,7 +43,7 @@ def phase2_prompt(row: dict) -> Prompt:
 
 def as_text(prompt: Prompt, titles: dict) -> Prompt:
     """Titles in place of <item> and user ids in place of <user>: the text-only baseline's prompt.
-    An item already shown as "Title <item>" (titled rendering) becomes its title once."""
+    An item already shown as "Title <item>" or "<item> Title" (titled rendering) becomes its title once."""
     queues = {ITEM_TOKEN: iter(prompt.item_ids), USER_TOKEN: iter(prompt.user_ids)}
     messages = []
     for message in prompt.messages:
@@ -53,10 +54,13 @@ def as_text(prompt: Prompt, titles: dict) -> Prompt:
             entity = next(queues[match.group()])
             if match.group() == USER_TOKEN:
                 text += entity
-            elif not text.endswith(f"{titles[entity]} "):
-                text += titles[entity]
-            else:
+            elif text.endswith(f"{titles[entity]} "):
                 text = text[:-1]  # its title is already there: drop the space before the placeholder
+            elif content.startswith(f" {titles[entity]}", match.end()):
+                end = match.end() + 1  # its title follows: drop the placeholder and the space after it
+                continue
+            else:
+                text += titles[entity]
             end = match.end()
         messages.append({**message, "content": text + content[end:]})
     return Prompt(messages, [], [])

@@ -68,6 +68,7 @@ class Protocol:
     candidate_titles: bool = False  # candidate prompts show each title before its placeholder (as the data build did)
     candidate_lines: bool = False  # ... one candidate per line
     candidate_tokens: bool = True  # ... the candidates' item tokens (False: titles alone)
+    candidate_tokens_first: bool = False  # ... each candidate's item tokens before its title
     titles: dict = field(init=False)  # item id -> title
 
     def __post_init__(self):
@@ -92,7 +93,7 @@ class Protocol:
             "bootstrap": bootstrap,
             "seed": self.seed,
         }
-        for option, default in (("candidate_titles", False), ("candidate_lines", False), ("candidate_tokens", True)):
+        for option, default in (("candidate_titles", False), ("candidate_lines", False), ("candidate_tokens", True), ("candidate_tokens_first", False)):
             if getattr(self, option) != default:  # only when set: results and caches of the default protocol keep their keys
                 described[option] = getattr(self, option)
         return described
@@ -140,4 +141,5 @@ def load_protocol(data_dir, split="test", candidates_file=None, users=None, seed
         candidate_titles=bool(built.get("candidate_titles", False)),
         candidate_lines=bool(built.get("candidate_lines", False)),
         candidate_tokens=bool(built.get("candidate_tokens", True)),
+        candidate_tokens_first=bool(built.get("candidate_tokens_first", False)),
     )
