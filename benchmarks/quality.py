@@ -116,7 +116,7 @@ ROWS = {
                               "they read, which now carry the length)", {**PRESET_BF16, "ranking_item_prior": True},
                               {"keep_cf_length": True, "cf_residual": True}, sections=HEAD + GENERATION, titled=True, dtype="auto"),
     # the preset as `make main` trained it on the 2-core Intel Xeon (AMX) where the rows below ran: their reference
-    "cf_length_intel": Row("cf_length (the CPU preset) trained by make main on the Intel machine the next rows ran on",
+    "cf_length_intel": Row("cf_length (the CPU preset until candidate_tokens_first) trained by make main on the Intel machine the next rows ran on",
                            {**PRESET_BF16, "ranking_item_prior": True}, {"keep_cf_length": True},
                            sections=HEAD + GENERATION, titled=True, dtype="auto"),
     # the greedy answers that name no candidate are mis-copied titles ("Dazed and Confusing (1993)"): more copying practice
