@@ -332,21 +332,29 @@ def build_candidate_rendering(built, out, **options):
     return titles, load_from_disk(str(built[0] / "phase2")), load_from_disk(str(out / "phase2"))
 
 
-def test_candidate_titles_show_each_candidate_title_before_its_placeholder(built, tmp_path):
-    out, _ = built
-    titled_out = tmp_path / "titled"
-    titles, plain, titled = build_candidate_rendering(built, titled_out, candidate_titles=True)
-    for split in ("train", "validation", "test"):
-        assert plain[split]["item_ids"] == titled[split]["item_ids"]  # same examples, same ids in the same order
-        for a, b in zip(plain[split], titled[split]):
+def candidate_prompts(plain, rendered, splits):
+    """Checks that a candidate rendering changes only candidate-selection prompts and keeps their
+    ids in order, one placeholder each (so placeholders line up); yields (the default build's
+    example, this build's example, its prompt text) for each candidate-selection example."""
+    for split in splits:
+        assert plain[split]["item_ids"] == rendered[split]["item_ids"]
+        for a, b in zip(plain[split], rendered[split]):
             if a["task"] != "candidate_selection":
                 assert a["messages"] == b["messages"]
                 continue
             text = b["messages"][0]["content"]
             assert text.count(ITEM_TOKEN) == len(b["item_ids"])
-            shown = [i for i in b["item_ids"] if f"{titles[i]} {ITEM_TOKEN}" in text]
-            history = a["messages"][0]["content"].count(ITEM_TOKEN) - len(shown)
-            assert len(shown) >= 2 and history >= 1  # candidates are titled; the history keeps bare placeholders
+            yield a, b, text
+
+
+def test_candidate_titles_show_each_candidate_title_before_its_placeholder(built, tmp_path):
+    out, _ = built
+    titled_out = tmp_path / "titled"
+    titles, plain, titled = build_candidate_rendering(built, titled_out, candidate_titles=True)
+    for a, b, text in candidate_prompts(plain, titled, ("train", "validation", "test")):
+        shown = [i for i in b["item_ids"] if f"{titles[i]} {ITEM_TOKEN}" in text]
+        history = a["messages"][0]["content"].count(ITEM_TOKEN) - len(shown)
+        assert len(shown) >= 2 and history >= 1  # candidates are titled; the history keeps bare placeholders
     # evaluation renders candidate prompts as the data was built; the text baseline sees each title once
     from training.evaluate.prompts import CANDIDATE_TEMPLATE, as_text, recommendation_prompt
     from training.evaluate.protocol import load_protocol
@@ -367,18 +375,11 @@ def test_candidate_lines_put_each_titled_candidate_on_its_own_line(built, tmp_pa
     out, _ = built
     lined_out = tmp_path / "lined"
     titles, plain, lined = build_candidate_rendering(built, lined_out, candidate_titles=True, candidate_lines=True)
-    for split in ("train", "validation"):
-        assert plain[split]["item_ids"] == lined[split]["item_ids"]
-        for a, b in zip(plain[split], lined[split]):
-            if a["task"] != "candidate_selection":
-                assert a["messages"] == b["messages"]
-                continue
-            text = b["messages"][0]["content"]
-            assert text.count(ITEM_TOKEN) == len(b["item_ids"])
-            # each line starts with one candidate: its title (commas and all), then its placeholder
-            listed = [line[2:].split(f" {ITEM_TOKEN}")[0] for line in text.split("\n") if line.startswith("- ")]
-            assert len(listed) >= 2 and len(set(listed)) == len(listed)
-            assert set(listed) <= {titles[i] for i in b["item_ids"]}
+    for _, b, text in candidate_prompts(plain, lined, ("train", "validation")):
+        # each line starts with one candidate: its title (commas and all), then its placeholder
+        listed = [line[2:].split(f" {ITEM_TOKEN}")[0] for line in text.split("\n") if line.startswith("- ")]
+        assert len(listed) >= 2 and len(set(listed)) == len(listed)
+        assert set(listed) <= {titles[i] for i in b["item_ids"]}
     from training.evaluate.prompts import CANDIDATE_TEMPLATE, as_text, recommendation_prompt
     from training.evaluate.protocol import load_protocol
 
@@ -396,16 +397,9 @@ def test_candidate_tokens_first_show_each_candidate_placeholder_before_its_title
     out, _ = built
     first_out = tmp_path / "tokens_first"
     titles, plain, first = build_candidate_rendering(built, first_out, candidate_titles=True, candidate_tokens_first=True)
-    for split in ("train", "validation"):
-        assert plain[split]["item_ids"] == first[split]["item_ids"]  # the same ids in the same order: placeholders line up
-        for a, b in zip(plain[split], first[split]):
-            if a["task"] != "candidate_selection":
-                assert a["messages"] == b["messages"]
-                continue
-            text = b["messages"][0]["content"]
-            assert text.count(ITEM_TOKEN) == len(b["item_ids"])
-            shown = [i for i in b["item_ids"] if f"{ITEM_TOKEN} {titles[i]}" in text]
-            assert len(shown) >= 2 and not any(f"{titles[i]} {ITEM_TOKEN}" in text for i in shown)
+    for _, b, text in candidate_prompts(plain, first, ("train", "validation")):
+        shown = [i for i in b["item_ids"] if f"{ITEM_TOKEN} {titles[i]}" in text]
+        assert len(shown) >= 2 and not any(f"{titles[i]} {ITEM_TOKEN}" in text for i in shown)
     from training.evaluate.prompts import CANDIDATE_TEMPLATE, as_text, recommendation_prompt
     from training.evaluate.protocol import load_protocol
 
