@@ -127,6 +127,15 @@ def test_loss_from_answer_logits_only_equals_the_full_loss(model, processor):
     model.zero_grad()
 
 
+def test_logits_to_keep_as_a_count_gives_the_last_columns_of_the_full_logits(model, processor):
+    batch = processor(messages=CHATS[:2], item_ids=ITEMS[:2], user_ids=USERS[:2], add_generation_prompt=True)
+    with torch.no_grad():
+        full = model(**batch).logits
+        length = full.shape[1]
+        for n in (1, 3, length + 5):  # a count above the length keeps every column, as the LLM's slice does
+            torch.testing.assert_close(model(**batch, logits_to_keep=n).logits, full[:, -n:], rtol=1e-5, atol=1e-5)
+
+
 def test_gradients_reach_encoder_and_adapter_not_llm(model, processor):
     model.train()
     chat = CHATS[1] + [{"role": "assistant", "content": "heat"}]

@@ -165,7 +165,8 @@ class ChatModel:
         inputs = self.encode(prompts)
         positions = (inputs["attention_mask"].cumsum(-1) - 1).clamp(min=0)
         ranking = {"rank_item_tokens": self.entity_tokens["item"]} if rank and self.has_ranking_head else {}
-        out = self.model(**inputs, position_ids=positions, use_cache=True, logits_to_keep=1, **ranking)
+        last = torch.tensor([inputs["input_ids"].shape[1] - 1], device=self.device)  # an index, not 1: see ILMForConditionalGeneration.forward
+        out = self.model(**inputs, position_ids=positions, use_cache=True, logits_to_keep=last, **ranking)
         if ranking:
             self._ranked.update({repr(p): row for p, row in zip(prompts, out.rank_logits.float().cpu().numpy())})
         return Prefill(inputs, out.cache, out.logits[:, -1])
