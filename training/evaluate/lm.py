@@ -258,9 +258,11 @@ class ChatModel:
         answers = []
         for start in tqdm(range(0, len(prompts), self.batch_size), desc=desc, leave=False):
             batch = slice(start, start + self.batch_size)
+            # a bare LLM's own generate takes the prompt's last logits by a strided slice, slow with a frozen
+            # LM head (see ILMForConditionalGeneration.forward): its prompts are prefilled here
+            inputs = self.prefill(prompts[batch], rank=rank) if rank or self.as_text else self.encode(prompts[batch])
             answers += self.generate_batch(
-                self.prefill(prompts[batch], rank=True) if rank else self.encode(prompts[batch]), max_new_tokens,
-                None if candidates is None else candidates[batch], None if candidate_scores is None else candidate_scores[batch],
+                inputs, max_new_tokens, None if candidates is None else candidates[batch], None if candidate_scores is None else candidate_scores[batch],
             )
         return answers
 
