@@ -3,7 +3,8 @@
     python benchmarks/speed.py [--preset cpu] [--data runs/ml100k/data] [--steps 10] [--users 20] [--json FILE]
 
 1. Phase 2: the preset's Trainer step (item encoder, frozen LLM, ranking head: forward, backward,
-   optimizer) against the bare LLM's forward+backward on the same batches, with item placeholders
+   optimizer) against the bare LLM's forward+backward on the same batches (each right after the
+   step on it, so drifts of a shared machine weigh on both sides alike), with item placeholders
    replaced by a text token and gradients flowing to the input embeddings as they flow to the item
    tokens, and logits at the answer positions only, as the step takes them. Target: ratio <= 1.15.
    Also the bare LLM with logits at every position (what the step cost before it kept the answers').
@@ -49,24 +50,33 @@ def synchronized_now():
 
 
 class StepTimer(TrainerCallback):
-    """Per optimizer step: compute time (step begin to end) and wall time (end to end, which adds
-    the data loading and collation in between)."""
+    """Per optimizer step: compute time (step begin to end) and the data loading and collation before
+    it (previous step's end to this begin). `after_step(step)`, if given, runs right after each step
+    and is timed apart (the bare LLM on the same batches: interleaved, so a machine that speeds up
+    or slows down during the run weighs on both sides alike)."""
 
-    def __init__(self):
-        self.compute, self.ends = [], []
+    def __init__(self, after_step=None):
+        self.compute, self.loading, self.after_step_s, self.after_step = [], [], [], after_step
+        self.end = None
 
     def on_step_begin(self, args, state, control, **kwargs):
         self.begin = synchronized_now()
+        if self.end is not None:
+            self.loading.append(self.begin - self.end)
 
     def on_step_end(self, args, state, control, **kwargs):
         now = synchronized_now()
         self.compute.append(now - self.begin)
-        self.ends.append(now)
+        if self.after_step is not None:
+            self.after_step(state.global_step - 1)
+            self.after_step_s.append(synchronized_now() - now)
+        self.end = synchronized_now()
 
     def after(self, warmup):
-        """(compute s, wall s) per step, means over the steps after `warmup`."""
-        walls = [b - a for a, b in zip(self.ends[warmup - 1 :], self.ends[warmup:])]
-        return statistics.mean(self.compute[warmup:]), statistics.mean(walls)
+        """(compute s, wall s = compute + loading, after_step s) per step, means over the steps after `warmup`."""
+        compute = statistics.mean(self.compute[warmup:])
+        wall = compute + statistics.mean(self.loading[warmup - 1 :])
+        return compute, wall, statistics.mean(self.after_step_s[warmup:]) if self.after_step_s else None
 
 
 def phase_config(cls, settings, section, **fields):
@@ -83,7 +93,7 @@ def bench_phase1(settings, data_dir, out, steps, warmup):
     trainer.add_callback(timer)
     trainer.train()
     trainer.model.save_pretrained(out / "phase1" / "final")
-    compute, wall = timer.after(warmup)
+    compute, wall, _ = timer.after(warmup)
     return {"batch_size": config.batch_size, "step_s": wall, "compute_step_s": compute, "ms_per_example": 1000 * wall / config.batch_size}
 
 
@@ -114,32 +124,32 @@ def bench_phase2(settings, data_dir, out, steps, warmup):
         curve_steps=0, num_train_examples=(warmup + steps) * fields.get("batch_size", 8) * fields.get("gradient_accumulation_steps", 1),
     )
     trainer, processor, _ = finetune.build_trainer(config)
-    timer = StepTimer()
+    # the batches the Trainer will draw, in its order (the sampler is sequential or seeded), for the bare LLM
+    device, accumulation = trainer.args.device, trainer.args.gradient_accumulation_steps
+    batches = [{k: v.to(device) for k, v in b.items() if torch.is_tensor(v)} for b in itertools.islice(trainer.get_train_dataloader(), (warmup + steps) * accumulation)]
+    text_token_id = processor.tokenizer.convert_tokens_to_ids("movie")
+
+    def bare_step(step, answer_logits_only=True):
+        for batch in batches[step * accumulation : (step + 1) * accumulation]:
+            bare_llm_step(trainer, batch, text_token_id, answer_logits_only)
+
+    timer = StepTimer(after_step=bare_step)
     trainer.add_callback(timer)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     trainer.train()
     peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
-    compute, wall = timer.after(warmup)
-
-    # the same batches, in the same order (the sampler is sequential or seeded), through the bare LLM
-    device = trainer.args.device
-    batches = [{k: v.to(device) for k, v in b.items() if torch.is_tensor(v)} for b in itertools.islice(trainer.get_train_dataloader(), warmup + steps)]
-    text_token_id = processor.tokenizer.convert_tokens_to_ids("movie")
-    bare = {}
-    for answer_logits_only in (True, False):
-        for batch in batches[:warmup]:
-            bare_llm_step(trainer, batch, text_token_id, answer_logits_only)
-        start = synchronized_now()
-        for batch in batches[warmup:]:
-            bare_llm_step(trainer, batch, text_token_id, answer_logits_only)
-        bare[answer_logits_only] = (synchronized_now() - start) / steps
+    compute, wall, bare = timer.after(warmup)
+    start = synchronized_now()  # logits at every position: timed after training, for the LM head's share only
+    for step in range(warmup, warmup + steps):
+        bare_step(step, answer_logits_only=False)
+    bare_all_logits = (synchronized_now() - start) / steps
     tokens = statistics.mean(int(b["attention_mask"].sum()) for b in batches[warmup:])
     padded = statistics.mean(b["attention_mask"].numel() for b in batches[warmup:])
     return {
         "batch_size": config.batch_size, "real_tokens_per_step": tokens, "padded_tokens_per_step": padded,
-        "step_s": wall, "compute_step_s": compute, "bare_llm_fwd_bwd_s": bare[True], "bare_llm_all_logits_s": bare[False],
-        "ratio": compute / bare[True], "ratio_wall": wall / bare[True], "tokens_per_s": tokens / wall,
+        "step_s": wall, "compute_step_s": compute, "bare_llm_fwd_bwd_s": bare, "bare_llm_all_logits_s": bare_all_logits,
+        "ratio": compute / bare, "ratio_wall": wall / bare, "tokens_per_s": tokens / wall,
         "peak_gib": peak, "bf16": trainer.args.bf16,
     }, trainer.model, processor
 
