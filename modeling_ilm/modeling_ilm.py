@@ -607,8 +607,8 @@ class ILMForConditionalGeneration(ILMPreTrainedModel, GenerationMixin):
         all_logits = isinstance(logits_to_keep, int) and logits_to_keep == 0
         if isinstance(logits_to_keep, int) and logits_to_keep > 0:
             # the last n columns as indices rather than the LLM's strided slice: torch's matmul of a strided
-            # 3-D input with a frozen LM head copies the head once per row (bfloat16 on CPU: 1.7 s instead
-            # of 5 ms per prefill of 16 prompts; benchmarks/README.md)
+            # 3-D input with a frozen LM head copies the head once per row (bfloat16 on CPU: 1.6 s instead
+            # of 4 ms per prefill of 16 prompts; benchmarks/bench_lm_head.py)
             length = inputs_embeds.shape[1]
             logits_to_keep = torch.arange(max(length - logits_to_keep, 0), length, device=inputs_embeds.device)
         outputs = dict(self.language_model(
