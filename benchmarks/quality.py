@@ -130,6 +130,9 @@ ROWS = {
     "ranking_negatives_64": Row("candidate_tokens_first (the CPU preset) with 64 sampled catalog items in the head's softmax instead of 256 (fewer items through the float32 encoder each step)",
                                 {**PRESET_BF16, "ranking_item_prior": True, "ranking_negatives": 64}, {"keep_cf_length": True},
                                 data={"candidate_tokens_first": True}, sections=HEAD + GENERATION, titled=True, dtype="auto"),
+    "phase1_480": Row("candidate_tokens_first (the CPU preset) with 480 phase-1 steps instead of 120 (4x the item-text and item-item pretraining)",
+                      {**PRESET_BF16, "ranking_item_prior": True}, {"keep_cf_length": True, "max_steps": 480},
+                      data={"candidate_tokens_first": True}, sections=HEAD + GENERATION, titled=True, dtype="auto"),
 }
 # Measured by hand on the same 200 validation users while building the ladder (no training involved
 # unless said): what each representation of an item ranks by itself, as item-to-item similarity to
