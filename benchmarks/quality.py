@@ -133,6 +133,9 @@ ROWS = {
     "phase1_480": Row("candidate_tokens_first (the CPU preset) with 480 phase-1 steps instead of 120 (4x the item-text and item-item pretraining)",
                       {**PRESET_BF16, "ranking_item_prior": True}, {"keep_cf_length": True, "max_steps": 480},
                       data={"candidate_tokens_first": True}, sections=HEAD + GENERATION, titled=True, dtype="auto"),
+    "phase1_960": Row("phase1_480 (the CPU preset) with 960 phase-1 steps: does a longer phase 1 keep paying?",
+                      {**PRESET_BF16, "ranking_item_prior": True}, {"keep_cf_length": True, "max_steps": 960},
+                      data={"candidate_tokens_first": True}, sections=HEAD + GENERATION, titled=True, dtype="auto"),
 }
 # Measured by hand on the same 200 validation users while building the ladder (no training involved
 # unless said): what each representation of an item ranks by itself, as item-to-item similarity to
@@ -266,6 +269,11 @@ DIAGNOSTICS = [
     "NDCG@5 0.683 against 0.661, greedy valid 0.875 [0.830, 0.915] against 0.845, greedy HR@1 0.160 against 0.155, "
     "full-catalog HR@10 0.120 against 0.155 (within the CIs, each of them). Phase 1 took 6.6 min instead of 1.7. The "
     "CPU preset takes it: the best head and valid ratio on this table, and item tokens that phase 1 aligned with text.",
+    "- phase1_960: twice as long again (11.3 min of phase 1): item-item recall@10 0.103 (0.089 at 480 steps), item->text "
+    "0.083; the head starts at 0.425, where 200 phase-2 steps of the 120-step preset ended, then dips (0.325 at step 50) "
+    "and ends at 0.410 [0.350, 0.480], NDCG@5 0.661, below phase1_480 (0.440, 0.683); greedy valid 0.910 [0.865, 0.945], "
+    "the first row above 0.9, greedy HR@1 0.140. Not taken: a lower head for 5 more minutes. Phase 2's warm-up to its "
+    "full learning rate undoes part of a strong start; a phase 2 that keeps it (a lower rate for the encoder) is untried.",
     "- A system message instead of the chat template's default one (which names the assistant SmolLM, twice the answer), "
     "probed without training on candidate_tokens_first's make-main model (validation, 200 users, greedy): none 0.845 "
     "valid / 0.155 HR@1, \"You are a movie recommender.\" 0.805 / 0.155, the same plus \"Answer with exactly one title "
