@@ -272,8 +272,8 @@ DIAGNOSTICS = [
     "- phase1_960: twice as long again (11.3 min of phase 1): item-item recall@10 0.103 (0.089 at 480 steps), item->text "
     "0.083; the head starts at 0.425, where 200 phase-2 steps of the 120-step preset ended, then dips (0.325 at step 50) "
     "and ends at 0.410 [0.350, 0.480], NDCG@5 0.661, below phase1_480 (0.440, 0.683); greedy valid 0.910 [0.865, 0.945], "
-    "the first row above 0.9, greedy HR@1 0.140. Not taken: a lower head for 5 more minutes. Phase 2's warm-up to its "
-    "full learning rate undoes part of a strong start; a phase 2 that keeps it (a lower rate for the encoder) is untried.",
+    "the first row above 0.9, greedy HR@1 0.140. Not taken: a lower head for 5 more minutes. A reading, not measured: "
+    "phase 2 at its full learning rate undoes part of a strong start; a lower rate for the encoder is untried.",
     "- A system message instead of the chat template's default one (which names the assistant SmolLM, twice the answer), "
     "probed without training on candidate_tokens_first's make-main model (validation, 200 users, greedy): none 0.845 "
     "valid / 0.155 HR@1, \"You are a movie recommender.\" 0.805 / 0.155, the same plus \"Answer with exactly one title "
