@@ -57,6 +57,15 @@ BARE_CANDIDATES = {"data": {"candidate_titles": False, "num_train_candidates": N
 TOKENS = {n: {"num_query_tokens": n, "num_cf_tokens": n} for n in (1, 2)}  # item tokens per item, phase 1 and 2
 BEFORE = {"finetune": {"num_train_examples": 960, "max_steps": 120, "curve_steps": 40}, "pretrain": {"num_hidden_layers": 4}}
 PRESET_BF16 = {"task_weights": {**PRESET_WEIGHTS, "candidate_selection": 6}, "bf16": "auto"}  # the preset since bfloat16
+
+
+def latest_row(adds: str, finetune: dict | None = None, pretrain: dict | None = None) -> Row:
+    """A row on the preset's levers since candidate_tokens_first (bfloat16, the item prior, CF lengths,
+    candidate tokens before titles), with `finetune` / `pretrain` overrides on top."""
+    return Row(adds, {**PRESET_BF16, "ranking_item_prior": True, **(finetune or {})}, {"keep_cf_length": True, **(pretrain or {})},
+               data={"candidate_tokens_first": True}, sections=HEAD + GENERATION, titled=True, dtype="auto")
+
+
 ROWS = {
     "head_llm_only": Row("ranking head whose query reads only the LLM's hidden states (4-layer Q-Former, 120 steps)",
                          {**BEFORE["finetune"], "ranking_item_similarity": False}, BEFORE["pretrain"]),
@@ -124,18 +133,12 @@ ROWS = {
                                   {**PRESET_BF16, "task_weights": {**PRESET_WEIGHTS, "candidate_selection": 12}, "ranking_item_prior": True},
                                   {"keep_cf_length": True}, sections=HEAD + GENERATION, titled=True, dtype="auto"),
     # or make copying easier: after "<item>" comes the title to copy, where "Title <item>" has the next candidate's title
-    "candidate_tokens_first": Row("cf_length with each candidate's item tokens before its title (\"<item> Heat (1995)\")",
-                                  {**PRESET_BF16, "ranking_item_prior": True}, {"keep_cf_length": True},
-                                  data={"candidate_tokens_first": True}, sections=HEAD + GENERATION, titled=True, dtype="auto"),
-    "ranking_negatives_64": Row("candidate_tokens_first (the CPU preset) with 64 sampled catalog items in the head's softmax instead of 256 (fewer items through the float32 encoder each step)",
-                                {**PRESET_BF16, "ranking_item_prior": True, "ranking_negatives": 64}, {"keep_cf_length": True},
-                                data={"candidate_tokens_first": True}, sections=HEAD + GENERATION, titled=True, dtype="auto"),
-    "phase1_480": Row("candidate_tokens_first (the CPU preset) with 480 phase-1 steps instead of 120 (4x the item-text and item-item pretraining)",
-                      {**PRESET_BF16, "ranking_item_prior": True}, {"keep_cf_length": True, "max_steps": 480},
-                      data={"candidate_tokens_first": True}, sections=HEAD + GENERATION, titled=True, dtype="auto"),
-    "phase1_960": Row("phase1_480 (the CPU preset) with 960 phase-1 steps: does a longer phase 1 keep paying?",
-                      {**PRESET_BF16, "ranking_item_prior": True}, {"keep_cf_length": True, "max_steps": 960},
-                      data={"candidate_tokens_first": True}, sections=HEAD + GENERATION, titled=True, dtype="auto"),
+    "candidate_tokens_first": latest_row("cf_length with each candidate's item tokens before its title (\"<item> Heat (1995)\")"),
+    "ranking_negatives_64": latest_row("candidate_tokens_first (the CPU preset) with 64 sampled catalog items in the head's softmax instead of 256 (fewer items through the float32 encoder each step)",
+                                       finetune={"ranking_negatives": 64}),
+    "phase1_480": latest_row("candidate_tokens_first (the CPU preset) with 480 phase-1 steps instead of 120 (4x the item-text and item-item pretraining)",
+                             pretrain={"max_steps": 480}),
+    "phase1_960": latest_row("phase1_480 (the CPU preset) with 960 phase-1 steps: does a longer phase 1 keep paying?", pretrain={"max_steps": 960}),
 }
 # Measured by hand on the same 200 validation users while building the ladder (no training involved
 # unless said): what each representation of an item ranks by itself, as item-to-item similarity to
