@@ -139,6 +139,8 @@ ROWS = {
     "phase1_480": latest_row("candidate_tokens_first (the CPU preset) with 480 phase-1 steps instead of 120 (4x the item-text and item-item pretraining)",
                              pretrain={"max_steps": 480}),
     "phase1_960": latest_row("phase1_480 (the CPU preset) with 960 phase-1 steps: does a longer phase 1 keep paying?", pretrain={"max_steps": 960}),
+    "encoder_lr_960": latest_row("phase1_960 with the item encoder at 1e-4 in phase 2 (the adapter and head at 3e-4): does phase 2 keep the strong phase-1 start?",
+                                 finetune={"encoder_learning_rate": 1e-4}, pretrain={"max_steps": 960}),
 }
 # Measured by hand on the same 200 validation users while building the ladder (no training involved
 # unless said): what each representation of an item ranks by itself, as item-to-item similarity to

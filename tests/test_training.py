@@ -349,6 +349,22 @@ def test_phase2_gradient_accumulation_trains_like_one_bigger_batch(tiny_componen
         assert a["loss_rank"] > 0
 
 
+def test_phase2_encoder_learning_rate_scales_the_item_encoders_steps_only(tiny_components, data_dir, dropout_free_init, tmp_path):
+    def changes(**overrides):  # each trained parameter's largest change over 2 steps (the first at warm-up rate 0)
+        trainer, _, _ = build_trainer(equal_batch_config(tiny_components, data_dir, dropout_free_init, tmp_path / str(len(overrides)), **overrides))
+        before = {name: p.detach().clone() for name, p in trainer.model.named_parameters() if p.requires_grad}
+        trainer.train()
+        return {name: (p.detach() - before[name]).abs().max().item() for name, p in trainer.model.named_parameters() if name in before}
+
+    full, low = changes(), changes(encoder_learning_rate=1e-5)  # learning_rate 1e-3: the encoder at 1/100
+    encoder = [name for name in full if name.startswith("item_encoder.")]
+    assert encoder and len(encoder) < len(full) and max(full[name] for name in encoder) > 0
+    for name, change in full.items():  # AdamW's step (and its weight decay) is linear in the rate
+        assert low[name] == pytest.approx(change / 100 if name in encoder else change, rel=1e-3, abs=1e-9), name
+    with pytest.raises(ValueError, match="encoder_learning_rate must be > 0"):
+        equal_batch_config(tiny_components, data_dir, dropout_free_init, tmp_path, encoder_learning_rate=0.0)
+
+
 def test_any_training_argument_passes_through_and_report_to_tensorboard_writes_events(tiny_components, data_dir, dropout_free_init, tmp_path):
     config = load_config(FinetuneConfig, {
         "data_dir": str(data_dir), "output_dir": str(tmp_path), "init": str(dropout_free_init), "llm": tiny_components["llm"],

@@ -84,8 +84,16 @@ class FinetuneConfig(TrainerSettings):
     curriculum: list | None = None
     batch_size: int = 8
     max_steps: int = 250
+    # the item encoder's own peak rate (None: learning_rate): below it, phase 2 keeps more of what
+    # phase 1 taught the encoder while the new adapter and ranking head learn at full rate
+    encoder_learning_rate: float | None = None
     eval_steps: int = 0
     save_steps: int = 50
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.encoder_learning_rate is not None and not self.encoder_learning_rate > 0:
+            raise ValueError(f"encoder_learning_rate must be > 0 (or None for learning_rate), got {self.encoder_learning_rate!r}.")
 
 
 def mixed_examples(dataset, task_weights, size, seed):
@@ -306,6 +314,7 @@ def build_trainer(config: FinetuneConfig):
         train_dataset=train,
         eval_dataset=evaluation,
         processing_class=processor,
+        module_learning_rates={"item_encoder.": config.encoder_learning_rate} if config.encoder_learning_rate is not None else None,
         callbacks=[RankingCurveCallback(processor, config.data_dir, config.curve_steps, config.curve_users)] if config.curve_steps and config.ranking_head else None,
         data_collator=ChatCollator(
             processor,

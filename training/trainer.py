@@ -58,10 +58,31 @@ class ComponentLossTrainer(Trainer):
     micro-batch's loss by the accumulation steps.
     """
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, module_learning_rates: dict | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.module_learning_rates = module_learning_rates or {}  # parameter-name prefix -> its own peak rate
         self._components, self._counts = {}, {}
         self._rank_items = None
+
+    def create_optimizer(self, model=None):
+        """Trainer's optimizer, with the parameters under each prefix of `module_learning_rates` at
+        that rate (phase 2: the item encoder phase 1 pretrained, beside the new adapter and head);
+        the schedule scales every group alike."""
+        if self.optimizer is not None or not self.module_learning_rates:
+            return super().create_optimizer(model)
+        opt_model = self.model if model is None else model
+        decay = set(self.get_decay_parameter_names(opt_model))
+        groups = {}
+        for name, param in opt_model.named_parameters():
+            if param.requires_grad:
+                rate = next((r for prefix, r in self.module_learning_rates.items() if name.startswith(prefix)), self.args.learning_rate)
+                groups.setdefault((rate, name in decay), []).append(param)
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        self.optimizer = optimizer_cls(
+            [{"params": params, "lr": rate, "weight_decay": self.args.weight_decay if decays else 0.0} for (rate, decays), params in groups.items()],
+            **optimizer_kwargs,
+        )
+        return self.optimizer
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
