@@ -972,11 +972,13 @@ class ILMForItemTextPretraining(ILMPreTrainedModel):
         decoder_ids = input_ids.clone()
         decoder_ids[:, 0] = self.config.text_decoder_bos_token_id  # BLIP-2's [DEC] in place of [CLS]
         hidden = self.item_encoder(cf, input_ids=decoder_ids, attention_mask=attention_mask, mode="causal").last_hidden_state
-        text_hidden = hidden[:, self.config.num_query_tokens :]
+        # each text position predicts the next token; the head (over the whole vocabulary) runs only
+        # where that token is real text, not padding: the same mean loss at a fraction of the cost
+        predicts = attention_mask[:, 1:].bool()
+        text_hidden = hidden[:, self.config.num_query_tokens : -1][predicts]
         # the LM head shares the Q-Former's word embeddings, as BERT's does
         logits = nn.functional.linear(self.itg_transform(text_hidden), self.item_encoder.embeddings.word_embeddings.weight, self.itg_bias)
-        labels = input_ids.masked_fill(attention_mask == 0, -100)
-        return nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
+        return nn.functional.cross_entropy(logits, input_ids[:, 1:][predicts])
 
     def itm_loss(self, cf, input_ids, attention_mask, all_ids, offset, sim_i2t, sim_t2i):
         """BLIP-2's item-text matching (ITM): each item with its own text (a match), with a hard negative text, and each text

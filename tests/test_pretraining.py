@@ -1,5 +1,6 @@
 """Phase 1 (ILMForItemTextPretraining) on tiny random components."""
 
+import pytest
 import torch
 import torch.distributed as dist
 
@@ -67,6 +68,23 @@ def test_itm_loss_decreases_when_overfitting(tiny_components):
     history = [step["itm"] for step in overfit(build(tiny_components, {"itc": 0.0, "itm": 1.0, "itg": 0.0}), steps=150, lr=3e-3)]
     first, last = sum(history[:5]) / 5, sum(history[-20:]) / 20
     assert last < 0.85 * first, (first, last)
+
+
+def test_itg_is_the_mean_next_token_loss_over_real_text_tokens_only(tiny_components):
+    model = build(tiny_components, weights={**ALL_LOSSES, "itc": 0.0, "itm": 0.0, "item_item": 0.0, "user_item": 0.0}).eval()
+    inputs = {k: batch()[k] for k in ("item_ids", "input_ids", "attention_mask")}
+    with torch.no_grad():
+        whole = model(**inputs).loss_itg
+        padded = model(  # 4 more padded columns holding random ids: nothing changes
+            item_ids=inputs["item_ids"], input_ids=torch.cat([inputs["input_ids"], torch.randint(3, 99, (6, 4))], 1),
+            attention_mask=torch.cat([inputs["attention_mask"], torch.zeros(6, 4, dtype=torch.long)], 1),
+        ).loss_itg
+        # rows are independent: the batch's loss is each row's mean weighted by its predicted tokens
+        rows = [model(**{k: v[i : i + 1] for k, v in inputs.items()}).loss_itg for i in range(6)]
+    counts = inputs["attention_mask"][:, 1:].sum(1).float()
+    assert counts[0] < counts[1]  # row 0 is padded
+    assert padded.item() == pytest.approx(whole.item(), rel=1e-5)
+    assert whole.item() == pytest.approx(float((torch.stack(rows) * counts).sum() / counts.sum()), rel=1e-5)
 
 
 def test_gradients_reach_queries_cross_attention_and_cf_projection(tiny_components):
