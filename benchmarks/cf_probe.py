@@ -38,10 +38,11 @@ def scorers(data_dir, protocol):
     log_length = np.log(np.maximum(np.linalg.norm(items, axis=-1), 1e-12))
     counts = Counter(load_from_disk(str(Path(data_dir) / "interactions" / "train"))["item_id"])
 
-    def item_item(vectors, candidate_bonus=None):
+    def item_item(vectors, candidate_bonus=None, candidates_as=None):
+        """Each candidate (as `candidates_as`, default `vectors`) against the mean of the history's `vectors`."""
         def score(user_id, candidates):
             rows = [row[c] for c in candidates]
-            scores = vectors[rows] @ vectors[[row[i] for i in protocol.history(user_id)]].mean(0)
+            scores = (vectors if candidates_as is None else candidates_as)[rows] @ vectors[[row[i] for i in protocol.history(user_id)]].mean(0)
             return scores if candidate_bonus is None else scores + candidate_bonus[rows]
         return score
 
@@ -50,6 +51,7 @@ def scorers(data_dir, protocol):
         "mean cosine to the history": item_item(unit(items)),
         "mean cosine, layer-normalised vectors": item_item(unit(layer_norm(items))),
         "mean cosine + 0.1 x log length": item_item(unit(items), 0.1 * log_length),
+        "cosine to the history's mean (candidates' lengths dropped)": item_item(items, candidates_as=unit(items)),
         "dot product with the history's mean": item_item(items),
         "log length alone": lambda user_id, candidates: log_length[[row[c] for c in candidates]],
         "popularity (train count)": lambda user_id, candidates: [counts.get(c, 0) for c in candidates],

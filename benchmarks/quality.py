@@ -285,6 +285,19 @@ DIAGNOSTICS = [
     "from the candidate list, copied exactly.\" 0.825 / 0.155, \"You are a helpful assistant.\" 0.850 / 0.170; the last "
     "quarter of the list still named most. The invalid answers stay invented or blended titles (\"Bridgens (1997)\", "
     "\"Dazed and Confined (1997)\"): an instruction does not make the frozen 135M LLM copy better, so no row was trained.",
+    "- encoder_lr_960: phase1_960 with the item encoder at 1e-4 in phase 2 (encoder_learning_rate; the adapter and head "
+    "at 3e-4). The curve 0.425 / 0.315 / 0.410 / 0.395 / 0.420 keeps the dip at step 50, so the dip is the new adapter "
+    "and head learning, not the encoder forgetting phase 1; the head ends at 0.425 [0.365, 0.495] (phase1_960: 0.410), "
+    "greedy valid 0.820 against 0.910, greedy HR@1 0.090 against 0.140: phase 2's answers need the encoder to move. "
+    "Not taken.",
+    "- Does the head lack the CF vectors' lengths? (phase1_480's model, validation, no training.) The item tokens keep "
+    "them: a linear read of log ||cf|| has R^2 0.98 from the CF tokens after their LayerNorm, 0.99 from the Q-Former "
+    "outputs, 0.98 from the LLM-space item tokens. In ALS space a candidate's length pays (benchmarks/cf_probe.py: "
+    "cosine to the history's mean 0.460, the dot product 0.540). In the trained head it does not: its item prior spans "
+    "0.12 logits (correlation 0.85 with log ||cf||), and multiplied by 0 / 1 / 2 / 4 / 8 the head ranks 0.445 / 0.440 / "
+    "0.450 / 0.440 / 0.405; each candidate's cosine multiplied by exp(a L), L that linear read standardised (the dot "
+    "product's form), ranks 0.380 / 0.325 / 0.290 at a = 0.25 / 0.5 / 1, and a L added (a = 1, 2) 0.410 / 0.385. The "
+    "head already ranks by what popularity says through its LLM terms; no length lever is left in it.",
 ]
 METRICS = [
     ("HR@1 (likelihood, sum)", "ranking", "hr@1"),

@@ -361,6 +361,8 @@ def test_three_likelihood_rankings_cost_one_scoring_pass(ilm, protocol, monkeypa
     calls.clear()
     assert llm_sections(chat, protocol, rankings, "tiny", bootstrap=50) == out
     assert len(calls) == len(protocol.users)  # the content-free scores are memoised
+    calls.clear()
+    assert llm_sections(chat, protocol, ("ranking_head",), "tiny", bootstrap=50) == {} and not calls  # nothing reads the candidate prompts: none runs
     # reduce="mean": the "ranking" section is the mean, as before
     mean_chat = ChatModel(model, processor, reduce="mean")
     by_mean = llm_sections(mean_chat, protocol, ("ranking", "ranking_mean"), "tiny", bootstrap=50)

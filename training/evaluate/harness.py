@@ -59,8 +59,9 @@ def llm_sections(chat_model, protocol, sections, name, full_catalog=False, boots
         out["full_catalog"] = full_catalog_section(chat_model, protocol, full_catalog, bootstrap, seed)
     likelihood = LikelihoodScores(chat_model, protocol)  # scores each user's candidates once for all three
     generations = [s for s in ("generation", "generation_constrained") if s in sections]
-    # one forward of each candidate prompt for the likelihoods and both generations
-    answers = candidate_prompt_pass(chat_model, protocol, likelihood if set(RANKINGS) & set(sections) else None, generations)
+    # one forward of each candidate prompt for the likelihoods and both generations; none when no section reads it
+    scored = set(RANKINGS) & set(sections)
+    answers = candidate_prompt_pass(chat_model, protocol, likelihood if scored else None, generations) if scored or generations else {}
     for section, score_fn in zip(RANKINGS, (likelihood.reduced, likelihood.mean, likelihood.calibrated)):
         if section in sections:
             out[section] = ranking_section(score_fn, protocol, bootstrap, seed, desc=f"{name} {section}")
