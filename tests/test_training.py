@@ -14,6 +14,7 @@ from datasets import load_from_disk
 from safetensors.torch import load_file
 from transformers import AutoModel
 
+from training.compare import phase2_runs
 from training.config import load_config, save_config
 from training.finetune import FinetuneConfig, build_model_and_processor, build_trainer, finetune, mixed_examples
 from training.data.phase1 import Phase1Data, Phase1Examples
@@ -363,6 +364,15 @@ def test_phase2_encoder_learning_rate_scales_the_item_encoders_steps_only(tiny_c
         assert low[name] == pytest.approx(change / 100 if name in encoder else change, rel=1e-3, abs=1e-9), name
     with pytest.raises(ValueError, match="encoder_learning_rate must be > 0"):
         equal_batch_config(tiny_components, data_dir, dropout_free_init, tmp_path, encoder_learning_rate=0.0)
+
+
+def test_compared_variants_read_the_main_jobs_encoder_and_ilm_rand_trains_it_at_the_full_rate():
+    settings = {"pretrain": {"variant": "IT-II", "num_hidden_layers": 1, "keep_cf_length": True}, "finetune": {"encoder_learning_rate": 1e-4}}
+    runs = phase2_runs(settings, Path("out"))
+    assert set(runs) == {"ILM-rand", "MLP adapter", "ILM (IT)", "ILM (IT-UI)"}
+    assert runs["ILM-rand"] == {"init": "scratch", "encoder_learning_rate": None, "num_hidden_layers": 1, "keep_cf_length": True}
+    assert runs["MLP adapter"] == {"init": "scratch", "adapter_type": "mlp", "keep_cf_length": True}
+    assert runs["ILM (IT)"] == {"init": str(Path("out") / "variants" / "phase1-IT" / "final")}  # the preset's own rate
 
 
 def test_any_training_argument_passes_through_and_report_to_tensorboard_writes_events(tiny_components, data_dir, dropout_free_init, tmp_path):

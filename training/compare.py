@@ -56,10 +56,10 @@ def phase2_runs(settings, out):
     """Row name -> phase-2 overrides of every variant but the main job's own."""
     main_variant = settings["pretrain"].get("variant", "IT-II")
     # ILM-rand: the main job's encoder (its depth, CF residual and CF scaling) built fresh instead of from
-    # phase 1; the MLP adapter reads the CF vectors scaled alike
+    # phase 1, at the full learning rate (it has no phase 1 to keep); the MLP adapter reads the CF vectors scaled alike
     encoder = {key: settings["pretrain"][key] for key in ("num_hidden_layers", "cf_residual", "keep_cf_length") if key in settings["pretrain"]}
     cf_input = {key: settings["pretrain"][key] for key in ("keep_cf_length",) if key in settings["pretrain"]}
-    runs = {"ILM-rand": {"init": "scratch", **encoder}, "MLP adapter": {"init": "scratch", "adapter_type": "mlp", **cf_input}}
+    runs = {"ILM-rand": {"init": "scratch", "encoder_learning_rate": None, **encoder}, "MLP adapter": {"init": "scratch", "adapter_type": "mlp", **cf_input}}
     runs |= {f"ILM ({v})": {"init": str(phase1_dir(out, v, main_variant) / "final")} for v in PHASE1_VARIANTS if v != main_variant}
     return runs
 

@@ -77,7 +77,7 @@ class ComponentLossTrainer(Trainer):
             if param.requires_grad:
                 rate = next((r for prefix, r in self.module_learning_rates.items() if name.startswith(prefix)), self.args.learning_rate)
                 groups.setdefault((rate, name in decay), []).append(param)
-        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        optimizer_cls, optimizer_kwargs = self.optimizer_cls_and_kwargs or self.get_optimizer_cls_and_kwargs(self.args, opt_model)
         self.optimizer = optimizer_cls(
             [{"params": params, "lr": rate, "weight_decay": self.args.weight_decay if decays else 0.0} for (rate, decays), params in groups.items()],
             **optimizer_kwargs,
