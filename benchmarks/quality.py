@@ -141,6 +141,10 @@ ROWS = {
     "phase1_960": latest_row("phase1_480 (the CPU preset) with 960 phase-1 steps: does a longer phase 1 keep paying?", pretrain={"max_steps": 960}),
     "encoder_lr_960": latest_row("phase1_960 with the item encoder at 1e-4 in phase 2 (the adapter and head at 3e-4): does phase 2 keep the strong phase-1 start?",
                                  finetune={"encoder_learning_rate": 1e-4}, pretrain={"max_steps": 960}),
+    "ranking_negatives_all": latest_row("phase1_480 (the CPU preset) with every catalog item (1681) in the head's softmax instead of 256 sampled (E4SRec's full softmax)",
+                                        finetune={"ranking_negatives": 1681}, pretrain={"max_steps": 480}),
+    "ranking_loss_weight_3": latest_row("phase1_480 (the CPU preset) with the ranking loss weighted 3 instead of 1 next to the answer loss",
+                                        finetune={"ranking_loss_weight": 3.0}, pretrain={"max_steps": 480}),
 }
 # Measured by hand on the same 200 validation users while building the ladder (no training involved
 # unless said): what each representation of an item ranks by itself, as item-to-item similarity to
@@ -298,6 +302,11 @@ DIAGNOSTICS = [
     "0.450 / 0.440 / 0.405; each candidate's cosine multiplied by exp(a L), L that linear read standardised (the dot "
     "product's form), ranks 0.380 / 0.325 / 0.290 at a = 0.25 / 0.5 / 1, and a L added (a = 1, 2) 0.410 / 0.385. The "
     "head already ranks by what popularity says through its LLM terms; no length lever is left in it.",
+    "- ranking_negatives_all (the head's softmax over all 1681 items, E4SRec's): curve 0.375 / 0.320 / 0.425 / 0.445 / "
+    "0.430, head 0.430 [0.370, 0.505], NDCG@5 0.669, greedy valid 0.850, greedy HR@1 0.185, 16.2 min of phase 2 against "
+    "13.6: no better than 256 sampled items (0.440); not taken. ranking_loss_weight_3 (the ranking loss x3): the only "
+    "curve without the step-50 dip (0.375 / 0.385 / 0.405 / 0.425 / 0.415), but it ends lower: head 0.410 [0.345, "
+    "0.480], NDCG@5 0.667, valid 0.840, greedy HR@1 0.150; not taken. Every head row since cf_length ends at 0.41-0.45.",
 ]
 METRICS = [
     ("HR@1 (likelihood, sum)", "ranking", "hr@1"),
