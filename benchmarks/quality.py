@@ -282,7 +282,7 @@ DIAGNOSTICS = [
     "0.083; the head starts at 0.425, where 200 phase-2 steps of the 120-step preset ended, then dips (0.325 at step 50) "
     "and ends at 0.410 [0.350, 0.480], NDCG@5 0.661, below phase1_480 (0.440, 0.683); greedy valid 0.910 [0.865, 0.945], "
     "the first row above 0.9, greedy HR@1 0.140. Not taken: a lower head for 5 more minutes. A reading, not measured: "
-    "phase 2 at its full learning rate undoes part of a strong start; a lower rate for the encoder is untried.",
+    "phase 2 at its full learning rate undoes part of a strong start (tested by encoder_lr_960, below: it does not).",
     "- A system message instead of the chat template's default one (which names the assistant SmolLM, twice the answer), "
     "probed without training on candidate_tokens_first's make-main model (validation, 200 users, greedy): none 0.845 "
     "valid / 0.155 HR@1, \"You are a movie recommender.\" 0.805 / 0.155, the same plus \"Answer with exactly one title "
