@@ -59,11 +59,11 @@ BEFORE = {"finetune": {"num_train_examples": 960, "max_steps": 120, "curve_steps
 PRESET_BF16 = {"task_weights": {**PRESET_WEIGHTS, "candidate_selection": 6}, "bf16": "auto"}  # the preset since bfloat16
 
 
-def latest_row(adds: str, finetune: dict | None = None, pretrain: dict | None = None) -> Row:
+def latest_row(adds: str, finetune: dict | None = None, pretrain: dict | None = None, data: dict | None = None) -> Row:
     """A row on the preset's levers since candidate_tokens_first (bfloat16, the item prior, CF lengths,
-    candidate tokens before titles), with `finetune` / `pretrain` overrides on top."""
+    candidate tokens before titles), with `finetune` / `pretrain` / `data` overrides on top."""
     return Row(adds, {**PRESET_BF16, "ranking_item_prior": True, **(finetune or {})}, {"keep_cf_length": True, **(pretrain or {})},
-               data={"candidate_tokens_first": True}, sections=HEAD + GENERATION, titled=True, dtype="auto")
+               data={"candidate_tokens_first": True, **(data or {})}, sections=HEAD + GENERATION, titled=True, dtype="auto")
 
 
 ROWS = {
@@ -145,6 +145,12 @@ ROWS = {
                                         finetune={"ranking_negatives": 1681}, pretrain={"max_steps": 480}),
     "ranking_loss_weight_3": latest_row("phase1_480 (the CPU preset) with the ranking loss weighted 3 instead of 1 next to the answer loss",
                                         finetune={"ranking_loss_weight": 3.0}, pretrain={"max_steps": 480}),
+    "next_item_rank_only": latest_row("phase1_480 (the CPU preset) with next-item prompts training the ranking head only: no answer loss on a title the prompt "
+                                      "does not show (does it teach inventing titles?)", finetune={"ranking_only_tasks": ["next_item_title"]}, pretrain={"max_steps": 480}),
+    "train_candidates_20": latest_row("phase1_480 (the CPU preset) with 20 candidates per training prompt, as in evaluation, instead of 8",
+                                      pretrain={"max_steps": 480}, data={"num_train_candidates": 20}),
+    "phase1_960_frozen_words": latest_row("phase1_960 with the Q-Former's word embeddings frozen in phase 1 (a 0.72x step): the longer phase 1 in less time",
+                                          pretrain={"max_steps": 960, "freeze_word_embeddings": True}),
 }
 # Measured by hand on the same 200 validation users while building the ladder (no training involved
 # unless said): what each representation of an item ranks by itself, as item-to-item similarity to
@@ -307,6 +313,29 @@ DIAGNOSTICS = [
     "13.6: no better than 256 sampled items (0.440); not taken. ranking_loss_weight_3 (the ranking loss x3): the only "
     "curve without the step-50 dip (0.375 / 0.385 / 0.405 / 0.425 / 0.415), but it ends lower: head 0.410 [0.345, "
     "0.480], NDCG@5 0.667, valid 0.840, greedy HR@1 0.150; not taken. Every head row since cf_length ends at 0.41-0.45.",
+    "- Greedy answers against the list's length, probed on phase1_480's make-main model (validation, 200 users, no "
+    "training): shown 8 or 14 of each user's 20 candidates (the target and a seeded draw of the others, display order "
+    "kept), 0.905 / 0.855 name one, against 0.835 with all 20 (greedy HR@1 0.310 / 0.210). Unlike the "
+    "candidate_tokens_first model's probe above (0.855 with 8 against 0.845), this model names a candidate more often in "
+    "shorter lists; the invalid answers' nearest candidates sit anywhere in the list (positions 0-19), and the valid "
+    "answers spread over the four quarters (34 / 38 / 58 / 37). The other candidate-selection templates of phase 2 as the "
+    "evaluation prompt, same model: valid 0.775 / 0.855 / 0.660 for templates 1 / 2 / 3 against 0.835 for template 0 "
+    "(greedy HR@1 0.140 / 0.125 / 0.080): template 1's instruction after the list (\"Pick the candidate ... and give its "
+    "title.\") does not help, so evaluation keeps template 0.",
+    "- next_item_rank_only: the next-item prompts train the ranking head only (`ranking_only_tasks`; their answers, a "
+    "title the prompt does not show, get no answer loss), on the reading that learning to invent the next title is what "
+    "greedy answers repeat when they invent a candidate's. Head 0.410 [0.350, 0.480], NDCG@5 0.670, valid 0.840 against "
+    "0.875, greedy HR@1 0.140, 11.7 min of phase 2: the reading is wrong; not taken (the option stays).",
+    "- train_candidates_20: 20 candidates per training prompt, as in evaluation, instead of 8 (mean phase-2 prompt 217 "
+    "tokens instead of 150): head 0.415 [0.350, 0.485], NDCG@5 0.667, valid 0.825 [0.775, 0.880], greedy HR@1 0.175, "
+    "17.7 min of phase 2 against 13.6. Practice at the evaluation's length does not make answers name a candidate more "
+    "often (as candidate_titles against candidate_titles_8 found before); not taken.",
+    "- phase1_960_frozen_words: phase1_960 with the Q-Former's word embeddings frozen in phase 1 "
+    "(`freeze_word_embeddings`; ITC's text side and ITG's output layer stay MiniLM's): 960 steps in 7.1 min of phase-1 "
+    "training against 11.3, item->text recall@10 0.113 (phase1_480: 0.095, phase1_960: 0.083), item-item 0.097, ITG "
+    "loss 2.49 (2.58). Phase 2 then ends where phase1_480 did: head 0.440 [0.380, 0.515], NDCG@5 0.668, valid 0.870, "
+    "greedy HR@1 0.185; curve 0.380 / 0.340 / 0.380 / 0.430 / 0.440. A better phase 1 on its own metrics buys nothing "
+    "downstream here, and phase1_960's valid 0.910 was not repeated; not taken (2.3 more minutes).",
 ]
 METRICS = [
     ("HR@1 (likelihood, sum)", "ranking", "hr@1"),
@@ -336,11 +365,17 @@ def data_dir(out: Path, preset: dict, overrides: dict) -> Path:
     return folder
 
 
+# data options that change phase-2 prompts only: rows that differ in them share a phase 1 (the builds' CF
+# vectors are equal; the folders of older rows still name their candidate-list options)
+PHASE2_DATA = {"num_train_candidates"}
+
+
 def phase1(out: Path, preset: dict, overrides: dict, data: dict) -> Path:
     """The preset's phase 1 in `out/phase1`, or one with phase-1 or data `overrides` beside it."""
     from training.config import load_config
     from training.pretrain import PretrainConfig, pretrain
 
+    data = {k: v for k, v in data.items() if k not in PHASE2_DATA}
     folder = out / ("phase1" + suffix(overrides) + suffix(data))
     if not (folder / "phase1_results.json").exists():
         # keep_cf_length joined the preset with row cf_length, 480 steps with row phase1_480: rows that do not ask for them ran without

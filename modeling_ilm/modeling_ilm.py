@@ -653,8 +653,11 @@ class ILMForConditionalGeneration(ILMPreTrainedModel, GenerationMixin):
                 "logits_to_keep leaves out positions that predict labels, so their loss would be lost: keep every "
                 "column t whose labels[:, t + 1] is set (`ILMForConditionalGeneration.answer_positions(labels)`), or pass logits_to_keep=0."
             )
+        kept = next_labels[:, columns]
+        if not kept.ne(-100).any():  # no answer token (e.g. a batch of ranking-only rows): no LM loss, not a mean over nothing
+            return None
         return self.language_model.loss_function(
-            logits=logits, labels=None, shift_labels=next_labels[:, columns], vocab_size=logits.shape[-1], num_items_in_batch=num_items_in_batch
+            logits=logits, labels=None, shift_labels=kept, vocab_size=logits.shape[-1], num_items_in_batch=num_items_in_batch
         )
 
     def _rank(self, hidden, inputs_embeds, input_ids, attention_mask, labels, rank_labels, rank_item_ids, rank_item_tokens) -> dict:

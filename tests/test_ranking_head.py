@@ -218,6 +218,34 @@ def test_collator_labels_each_history_item_with_the_next(processor):
     assert {1, 2, 3} <= set(batch["rank_item_ids"].tolist())
 
 
+def test_ranking_only_rows_train_the_head_without_an_answer_loss(model, processor):
+    """Rows of ranking_only_tasks lose their answer labels and keep a rank label at the answer's
+    start; a batch of only such rows has no LM loss (not a NaN mean over nothing), only the head's."""
+    chat = [{"role": "user", "content": "user <user> liked <item> and <item> ."}, {"role": "assistant", "content": "Heat (1995)"}]
+    rows = [{"task": "next_item_title", "messages": chat, "item_ids": ["1", "2"], "user_ids": ["1"], "target_item_id": "3"}]
+    plain = ChatCollator(processor, ranking_negatives=2, ranking_tasks=["next_item_title"])(rows)
+    batch = ChatCollator(processor, ranking_negatives=2, ranking_tasks=["next_item_title"], ranking_only_tasks=["next_item_title"])(rows)
+    assert (plain["labels"] != -100).any() and (batch["labels"] == -100).all()
+    answer_start = (plain["labels"][0] != -100).long().argmax() - 1
+    assert (batch["rank_labels"][0] != -100).nonzero().flatten().tolist() == [answer_start.item()] and batch["rank_labels"][0, answer_start] == 2
+    out = model(**batch, logits_to_keep=ILMForConditionalGeneration.answer_positions(batch["labels"]))
+    assert out.loss_lm is None and torch.isfinite(out.loss_rank)
+    torch.testing.assert_close(out.loss, model.config.ranking_loss_weight * out.loss_rank)
+    out.loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    model.zero_grad()
+
+
+def test_ranking_only_tasks_must_be_ranked_by_the_head():
+    from training.finetune import FinetuneConfig
+
+    with pytest.raises(ValueError, match="ranking_only_tasks"):
+        FinetuneConfig(ranking_head=True, ranking_tasks=["next_item_title"], ranking_only_tasks=["candidate_selection"])
+    with pytest.raises(ValueError, match="ranking_head=False"):
+        FinetuneConfig(ranking_only_tasks=["next_item_title"])
+    assert FinetuneConfig(ranking_head=True, ranking_only_tasks=["next_item_title"]).ranking_only_tasks == ["next_item_title"]
+
+
 @torch.no_grad()
 def test_item_encoder_and_head_keep_float32_under_autocast_and_with_a_bfloat16_llm(model, processor):
     import copy

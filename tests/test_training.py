@@ -124,6 +124,18 @@ def test_phase1_run_logs_each_loss_evaluates_and_saves(phase1_dir):
     assert not list((phase1_dir / "final").glob("*.bin"))  # safetensors only
 
 
+def test_phase1_can_keep_the_qformer_word_embeddings_frozen(tiny_components, data_dir, tmp_path):
+    from training.pretrain import build_trainer
+
+    config = tiny_pretrain_config(tiny_components, data_dir, tmp_path, max_steps=2, eval_steps=0, freeze_word_embeddings=True)
+    trainer, _, _ = build_trainer(config)
+    encoder = trainer.model.item_encoder
+    words, others = encoder.embeddings.word_embeddings.weight.detach().clone(), encoder.query_tokens.detach().clone()
+    trainer.train()
+    assert torch.equal(encoder.embeddings.word_embeddings.weight, words)  # ITC's text side and ITG's output layer stay the init's
+    assert not torch.equal(encoder.query_tokens, others)
+
+
 def test_phase1_resumes_from_its_last_checkpoint(tiny_components, data_dir, tmp_path):
     pretrain(tiny_pretrain_config(tiny_components, data_dir, tmp_path, max_steps=2, eval_steps=0))
     first = json.loads((tmp_path / "checkpoint-2" / "trainer_state.json").read_text())

@@ -58,6 +58,9 @@ class FinetuneConfig(TrainerSettings):
     # (the 20-candidate protocol's negatives are uniform too), on the rows of `ranking_tasks`.
     ranking_head: bool = False
     ranking_tasks: list | None = None  # default: next_item_title, candidate_selection
+    # ranking tasks whose rows train the head only: their answers (a title the prompt does not show) get no
+    # LM loss, so the frozen LLM is not taught to invent titles from item tokens (benchmarks/quality.md)
+    ranking_only_tasks: list | None = None
     ranking_negatives: int = 256
     ranking_loss_weight: float = 1.0
     ranking_item_similarity: bool = True  # the head starts as item-to-item similarity (ILMConfig.ranking_item_similarity)
@@ -94,6 +97,13 @@ class FinetuneConfig(TrainerSettings):
         super().__post_init__()
         if self.encoder_learning_rate is not None and not self.encoder_learning_rate > 0:
             raise ValueError(f"encoder_learning_rate must be > 0 (or None for learning_rate), got {self.encoder_learning_rate!r}.")
+        if self.ranking_only_tasks:
+            ranked = set(self.ranking_tasks or RANKING_TASKS) if self.ranking_head else set()
+            if not set(self.ranking_only_tasks) <= ranked:
+                raise ValueError(
+                    f"ranking_only_tasks={self.ranking_only_tasks} must be ranking tasks of the ranking head (ranking_head={self.ranking_head}, "
+                    f"ranking_tasks={sorted(ranked)}): without the head their rows would train nothing."
+                )
 
 
 def mixed_examples(dataset, task_weights, size, seed):
@@ -149,11 +159,13 @@ class ChatCollator:
     catalog items drawn uniformly (seeded per batch, so a rerun draws the same). With
     `ranking_history`, `rank_labels` are token-level: in next-item rows (history only) the last
     token of each history item is labelled with the next item, and the answer's start with the target.
+    Rows of `ranking_only_tasks` keep their rank labels (token-level, at the answer's start) and lose
+    their answer labels.
     """
 
-    def __init__(self, processor, ranking_negatives=0, ranking_tasks=RANKING_TASKS, ranking_history=False, seed=0):
+    def __init__(self, processor, ranking_negatives=0, ranking_tasks=RANKING_TASKS, ranking_history=False, ranking_only_tasks=(), seed=0):
         self.processor, self.ranking_negatives, self.ranking_tasks = processor, ranking_negatives, set(ranking_tasks)
-        self.ranking_history, self.seed = ranking_history, seed
+        self.ranking_history, self.ranking_only_tasks, self.seed = ranking_history, set(ranking_only_tasks or ()), seed
 
     def __call__(self, rows):
         batch = dict(
@@ -172,8 +184,11 @@ class ChatCollator:
                 for r in rows
             ]
             rank_labels = torch.tensor(targets)
-            if self.ranking_history:
+            if self.ranking_history or self.ranking_only_tasks:  # token-level: the answer's start is found before its labels go
                 rank_labels = self.token_level(rows, batch, targets)
+            for b, row in enumerate(rows):
+                if row["task"] in self.ranking_only_tasks:
+                    batch["labels"][b] = -100
             # the same batch always draws the same negatives (a resumed run sees what it saw)
             rng = np.random.default_rng([self.seed, *sorted(batch["input_ids"].sum(-1).tolist())])
             drawn = rng.choice(len(self.processor.catalog["items"]), size=self.ranking_negatives, replace=False)
@@ -190,7 +205,7 @@ class ChatCollator:
                 continue
             answer = int((batch["labels"][b] != -100).long().argmax()) - 1
             labels[b, answer] = target
-            if row["task"] == "next_item_title":  # every item of the prompt is history, in order
+            if self.ranking_history and row["task"] == "next_item_title":  # every item of the prompt is history, in order
                 ends = (batch["input_ids"][b] == self.processor.item_token_id).nonzero().flatten()[queries - 1 :: queries]
                 items = batch["item_ids"][b][batch["item_ids"][b] >= 0]
                 labels[b, ends[:-1]] = items[1:]
@@ -321,6 +336,7 @@ def build_trainer(config: FinetuneConfig):
             ranking_negatives=config.ranking_negatives if config.ranking_head else 0,
             ranking_tasks=config.ranking_tasks or RANKING_TASKS,
             ranking_history=config.ranking_history,
+            ranking_only_tasks=config.ranking_only_tasks,
             seed=config.seed,
         ),
     )

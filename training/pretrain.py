@@ -51,6 +51,9 @@ class PretrainConfig(TrainerSettings):
     num_hidden_layers: int | None = None  # Q-Former depth; None keeps the init model's
     cf_residual: bool = False  # item tokens = query outputs + the CF tokens they read (ILMConfig.cf_residual)
     keep_cf_length: bool = False  # scale CF vectors by the table's RMS instead of layer-normalising each (ILMConfig.cf_scale)
+    # keep the Q-Former's word embeddings (also ITG's output layer) as the init has them: their dense gradient and
+    # optimizer state over the whole BERT vocabulary are ~30% of a 1-layer step on CPU (benchmarks/README.md)
+    freeze_word_embeddings: bool = False
     max_text_length: int = 32
     batch_size: int = 32
     max_steps: int = 300
@@ -144,6 +147,8 @@ def build_model(config: PretrainConfig) -> ILMForItemTextPretraining:
 def build_trainer(config: PretrainConfig):
     """(trainer, Q-Former tokenizer, Phase1Data): the phase-1 Trainer over the train items."""
     model = build_model(config)
+    if config.freeze_word_embeddings:
+        model.item_encoder.embeddings.word_embeddings.weight.requires_grad_(False)
     tokenizer = AutoTokenizer.from_pretrained(assets.resolve_qformer(config.qformer))
 
     def tokenize(texts):
