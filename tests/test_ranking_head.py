@@ -236,13 +236,17 @@ def test_ranking_only_rows_train_the_head_without_an_answer_loss(model, processo
     model.zero_grad()
 
 
-def test_ranking_only_tasks_must_be_ranked_by_the_head():
+def test_ranking_only_tasks_must_be_ranked_by_the_head(processor):
     from training.finetune import FinetuneConfig
 
     with pytest.raises(ValueError, match="ranking_only_tasks"):
         FinetuneConfig(ranking_head=True, ranking_tasks=["next_item_title"], ranking_only_tasks=["candidate_selection"])
     with pytest.raises(ValueError, match="ranking_head=False"):
         FinetuneConfig(ranking_only_tasks=["next_item_title"])
+    with pytest.raises(ValueError, match="ranking_negatives=0"):
+        FinetuneConfig(ranking_head=True, ranking_negatives=0, ranking_only_tasks=["next_item_title"])
+    with pytest.raises(ValueError, match="need ranking_negatives > 0"):
+        ChatCollator(processor, ranking_only_tasks=["next_item_title"])
     assert FinetuneConfig(ranking_head=True, ranking_only_tasks=["next_item_title"]).ranking_only_tasks == ["next_item_title"]
 
 

@@ -59,7 +59,7 @@ class FinetuneConfig(TrainerSettings):
     ranking_head: bool = False
     ranking_tasks: list | None = None  # default: next_item_title, candidate_selection
     # ranking tasks whose rows train the head only: their answers (a title the prompt does not show) get no
-    # LM loss, so the frozen LLM is not taught to invent titles from item tokens (benchmarks/quality.md)
+    # LM loss (next_item_title on the CPU preset: no gain, benchmarks/quality.md row next_item_rank_only)
     ranking_only_tasks: list | None = None
     ranking_negatives: int = 256
     ranking_loss_weight: float = 1.0
@@ -98,11 +98,11 @@ class FinetuneConfig(TrainerSettings):
         if self.encoder_learning_rate is not None and not self.encoder_learning_rate > 0:
             raise ValueError(f"encoder_learning_rate must be > 0 (or None for learning_rate), got {self.encoder_learning_rate!r}.")
         if self.ranking_only_tasks:
-            ranked = set(self.ranking_tasks or RANKING_TASKS) if self.ranking_head else set()
+            ranked = set(self.ranking_tasks or RANKING_TASKS) if self.ranking_head and self.ranking_negatives else set()
             if not set(self.ranking_only_tasks) <= ranked:
                 raise ValueError(
-                    f"ranking_only_tasks={self.ranking_only_tasks} must be ranking tasks of the ranking head (ranking_head={self.ranking_head}, "
-                    f"ranking_tasks={sorted(ranked)}): without the head their rows would train nothing."
+                    f"ranking_only_tasks={self.ranking_only_tasks} must be ranking tasks of a trained ranking head (ranking_head={self.ranking_head}, "
+                    f"ranking_negatives={self.ranking_negatives}, ranking_tasks={sorted(ranked)}): without it their rows would train nothing."
                 )
 
 
@@ -166,6 +166,8 @@ class ChatCollator:
     def __init__(self, processor, ranking_negatives=0, ranking_tasks=RANKING_TASKS, ranking_history=False, ranking_only_tasks=(), seed=0):
         self.processor, self.ranking_negatives, self.ranking_tasks = processor, ranking_negatives, set(ranking_tasks)
         self.ranking_history, self.ranking_only_tasks, self.seed = ranking_history, set(ranking_only_tasks or ()), seed
+        if self.ranking_only_tasks and not (ranking_negatives and self.ranking_only_tasks <= self.ranking_tasks):
+            raise ValueError(f"ranking_only_tasks={sorted(self.ranking_only_tasks)} need ranking_negatives > 0 and must be among ranking_tasks={sorted(self.ranking_tasks)}.")
 
     def __call__(self, rows):
         batch = dict(
