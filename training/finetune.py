@@ -97,13 +97,9 @@ class FinetuneConfig(TrainerSettings):
         super().__post_init__()
         if self.encoder_learning_rate is not None and not self.encoder_learning_rate > 0:
             raise ValueError(f"encoder_learning_rate must be > 0 (or None for learning_rate), got {self.encoder_learning_rate!r}.")
-        if self.ranking_only_tasks:
-            ranked = set(self.ranking_tasks or RANKING_TASKS) if self.ranking_head and self.ranking_negatives else set()
-            if not set(self.ranking_only_tasks) <= ranked:
-                raise ValueError(
-                    f"ranking_only_tasks={self.ranking_only_tasks} must be ranking tasks of a trained ranking head (ranking_head={self.ranking_head}, "
-                    f"ranking_negatives={self.ranking_negatives}, ranking_tasks={sorted(ranked)}): without it their rows would train nothing."
-                )
+        # early, with the values build_trainer gives the collator (no head: no negatives)
+        check_ranking_only_tasks(self.ranking_only_tasks, self.ranking_tasks or RANKING_TASKS, self.ranking_negatives if self.ranking_head else 0,
+                                 f"ranking_head={self.ranking_head}, ")
 
 
 def mixed_examples(dataset, task_weights, size, seed):
@@ -151,6 +147,16 @@ def batch_order(train, first_tasks, batch_size, seed):
 RANKING_TASKS = ("next_item_title", "candidate_selection")
 
 
+def check_ranking_only_tasks(ranking_only_tasks, ranking_tasks, ranking_negatives, context=""):
+    """Rows of `ranking_only_tasks` lose their answer labels, so they must train a ranking head
+    (negatives drawn, tasks among `ranking_tasks`); otherwise they would train nothing."""
+    if ranking_only_tasks and not (ranking_negatives and set(ranking_only_tasks) <= set(ranking_tasks)):
+        raise ValueError(
+            f"ranking_only_tasks={sorted(ranking_only_tasks)} need ranking_negatives > 0 and must be among ranking_tasks={sorted(ranking_tasks)} "
+            f"of a trained ranking head ({context}ranking_negatives={ranking_negatives}): without it their rows would train nothing."
+        )
+
+
 class ChatCollator:
     """Tokenizes chat examples with labels on the assistant turns only (right padding).
 
@@ -166,8 +172,7 @@ class ChatCollator:
     def __init__(self, processor, ranking_negatives=0, ranking_tasks=RANKING_TASKS, ranking_history=False, ranking_only_tasks=(), seed=0):
         self.processor, self.ranking_negatives, self.ranking_tasks = processor, ranking_negatives, set(ranking_tasks)
         self.ranking_history, self.ranking_only_tasks, self.seed = ranking_history, set(ranking_only_tasks or ()), seed
-        if self.ranking_only_tasks and not (ranking_negatives and self.ranking_only_tasks <= self.ranking_tasks):
-            raise ValueError(f"ranking_only_tasks={sorted(self.ranking_only_tasks)} need ranking_negatives > 0 and must be among ranking_tasks={sorted(self.ranking_tasks)}.")
+        check_ranking_only_tasks(self.ranking_only_tasks, self.ranking_tasks, ranking_negatives)
 
     def __call__(self, rows):
         batch = dict(
