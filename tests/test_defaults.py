@@ -61,3 +61,36 @@ def test_round_trip_is_bit_identical(defaults, tmp_path, light):
         diff = (model(**batch).logits - loaded(**batch).logits).abs().max().item()
     print(f"[defaults] {'light' if light else 'standalone'} save/load max |logit diff|: {diff}")
     assert diff == 0.0
+
+
+def test_greedy_answers_read_off_answer_scores_equal_decoding(defaults):
+    """SmolLM2 asked to pick one of a few listed movies answers "The answer is: <title>": that answer
+    is read off the likelihood pass of such answers (`follow_answers`) instead of decoded, and equals
+    greedy decoding; the answers that are none of them are decoded; the constrained answers over
+    the titles are all read off and equal constrained decoding."""
+    from training.evaluate.lm import ChatModel
+    from training.evaluate.prompts import Prompt, text_processor
+
+    llm_path, processor, _ = defaults
+    titles = ["Toy Story (1995)", "GoldenEye (1995)", "Heat (1995)", "Casino (1995)", "Babe (1995)", "Jumanji (1995)"]
+    catalog = {"items": [{"item_id": str(i), "title": t} for i, t in enumerate(titles)], "users": []}
+    llm = AutoModelForCausalLM.from_pretrained(llm_path, dtype=torch.float32).eval()
+    chat = ChatModel(llm, text_processor(processor.tokenizer, catalog), as_text=True, max_new_tokens=20)
+    questions = [f"Candidates: {', '.join(titles[i:] + titles[:i])}. Which one should I watch? Reply with the title only." for i in range(len(titles))]
+    questions += ["Tell me a joke about movies.", "Which of Heat (1995) and Babe (1995) is scarier?"]
+    prompts = [Prompt([{"role": "user", "content": q}], [], []) for q in questions]
+    sentences = [f"The answer is: {t}" for t in titles]
+    prefill = chat.prefill(prompts)
+    decoded = []
+    original = llm.generate
+    llm.generate = lambda **kwargs: decoded.append(kwargs["input_ids"].shape[0]) or original(**kwargs)
+    free_read = chat.generate_batch(prefill, scored=chat.score_rows(prefill, [sentences] * len(prompts)))
+    candidates = [[str(i) for i in range(len(titles))]] * len(prompts)
+    constrained_read = chat.generate_batch(prefill, candidates=candidates, scored=chat.score_rows(prefill, [titles] * len(prompts)))
+    read_decodes = list(decoded)
+    free, constrained = chat.generate_batch(prefill), chat.generate_batch(prefill, candidates=candidates)
+    print(f"[defaults] free answers {free}; rows decoded when read off the scores: {read_decodes}")
+    assert free_read == free and constrained_read == constrained
+    read = sum(answer in sentences for answer in free)
+    assert read >= 1 and read_decodes == [len(prompts) - read]  # one decoding, of the other rows only
+    assert all(answer in titles for answer in constrained)

@@ -27,7 +27,7 @@ from training.evaluate.__main__ import main as cli_main
 from training.evaluate.alignment import SentenceEmbedder, alignment_section, first_year, load_alignment_rows
 from training.evaluate.baselines import als_scorer, popularity_scorer
 from training.evaluate.harness import LLM_SECTIONS, SECTIONS, llm_sections
-from training.evaluate.lm import ChatModel, content_free_prompt, match_answer
+from training.evaluate.lm import ChatModel, ScoredAnswers, content_free_prompt, follow_answers, match_answer
 from training.evaluate.metrics import bootstrap_ci, per_example, summarize
 from training.evaluate.preservation import max_logit_difference
 from training.evaluate.prompts import CANDIDATE_TEMPLATE, NEXT_ITEM_TEMPLATE, as_text, recommendation_prompt, text_processor
@@ -294,10 +294,11 @@ def test_one_prefill_serves_scores_and_generations_as_prompts_run_alone(ilm, pro
     prefill = chat.prefill(prompts)
     padding = (prefill.inputs["attention_mask"] == 0).sum(-1)
     assert padding[1] > 0 and padding[0] == 0  # the short prompt is left-padded
-    for (sums, lengths), prompt, answers in zip(chat.score_rows(prefill, titles), prompts, titles):
+    scored = chat.score_rows(prefill, titles)
+    for row_scored, prompt, answers in zip(scored, prompts, titles):
         alone_sums, alone_lengths = chat.score_parts(prompt, answers)
-        np.testing.assert_allclose(sums, alone_sums, rtol=1e-4, atol=1e-4)
-        np.testing.assert_array_equal(lengths, alone_lengths)
+        np.testing.assert_allclose(row_scored.sums, alone_sums, rtol=1e-4, atol=1e-4)
+        np.testing.assert_array_equal(row_scored.lengths, alone_lengths)
     scores = [np.linspace(0, 1, len(row)) for row in candidates]
     free, constrained = chat.generate_batch(prefill), chat.generate_batch(prefill, candidates=candidates, candidate_scores=scores)
     for i, prompt in enumerate(prompts):
@@ -305,6 +306,41 @@ def test_one_prefill_serves_scores_and_generations_as_prompts_run_alone(ilm, pro
         assert constrained[i] == chat.generate([prompt], candidates=[candidates[i]], candidate_scores=[scores[i]])[0]
         assert processor.match_item(constrained[i], candidates=candidates[i])
     assert free == chat.generate(prompts)  # also as one batch without the prefill
+    # the same answers read off the titles' scores: constrained ones without decoding; the random
+    # LLM's free answers name no title, so those rows are decoded
+    generated = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(model, "generate", lambda **kwargs: generated.append(kwargs["input_ids"].shape[0]) or type(model).generate(model, **kwargs))
+        assert chat.generate_batch(prefill, candidates=candidates, candidate_scores=scores, scored=scored) == constrained and generated == []
+        assert chat.generate_batch(prefill, candidates=candidates, scored=scored) == chat.generate_batch(prefill, candidates=candidates)
+        assert generated == [len(prompts)]  # the check above decoded once, its reading none
+        assert chat.generate_batch(prefill, scored=scored) == free and generated[-1] == len(prompts)
+
+
+def test_greedy_answers_read_off_scored_titles():
+    """`follow_answers` walks the answers' prefix trie as greedy decoding would: free decoding while
+    the model's most likely token continues an answer, constrained decoding by log-likelihood plus
+    the weighted best answer score reachable, ties to the lower token id."""
+    stop = {2}
+    # answers [5, 6, 2], [5, 7, 2], [8, 2]; at every position the most likely token is what `top` says
+    scored = ScoredAnswers(
+        ids=[[5, 6, 2], [5, 7, 2], [8, 2]],
+        token_logp=[np.log([0.5, 0.2, 0.9]), np.log([0.5, 0.3, 0.8]), np.log([0.4, 0.9])],
+        top_token=[np.array([5, 7, 2]), np.array([5, 7, 2]), np.array([5, 2])],
+    )
+    assert follow_answers(scored, stop, 8) == [5, 7, 2]
+    assert follow_answers(scored, stop, 2) is None  # the answer would not fit
+    assert follow_answers(scored, {99}, 8) is None  # decoding would go on past the end of turn
+    off = dataclasses.replace(scored, top_token=[np.array([9, 7, 2]), np.array([9, 7, 2]), np.array([9, 2])])
+    assert follow_answers(off, stop, 8) is None  # the first token starts no answer: it must be decoded
+    # constrained: 5 (0.5) beats 8 (0.4), then 7 (0.3) beats 6 (0.2)
+    assert follow_answers(off, stop, 8, constrained=True) == [5, 7, 2]
+    # the third answer's score pulls decoding to it; a weight of 0 leaves the likelihood alone
+    assert follow_answers(off, stop, 8, constrained=True, answer_scores=[0.0, 0.0, 1.0], weight=10.0) == [8, 2]
+    assert follow_answers(off, stop, 8, constrained=True, answer_scores=[0.0, 0.0, 1.0], weight=0.0) == [5, 7, 2]
+    # a tie goes to the lower token id, as argmax does
+    tied = dataclasses.replace(off, token_logp=[np.log([0.4, 0.2, 0.9]), np.log([0.4, 0.2, 0.8]), np.log([0.4, 0.9])])
+    assert follow_answers(tied, stop, 8, constrained=True) == [5, 6, 2]
 
 
 def test_mean_and_calibrated_scores_by_hand(ilm, protocol):
@@ -410,7 +446,7 @@ class ScriptedChatModel:
     def prefill(self, prompts):
         return prompts
 
-    def generate_batch(self, prompts, candidates=None, candidate_scores=None):
+    def generate_batch(self, prompts, candidates=None, candidate_scores=None, scored=None):
         return self.generate(prompts, "", candidates, candidate_scores)
 
     def generate(self, prompts, desc="", candidates=None, candidate_scores=None):

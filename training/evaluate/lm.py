@@ -11,7 +11,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import DynamicCache, GenerationConfig
 
-from modeling_ilm.constrained_decoding import GUIDE_WEIGHT
+from modeling_ilm.constrained_decoding import GUIDE_WEIGHT, end_of_turn_id
 from modeling_ilm.processing_ilm import normalize_title
 
 from .prompts import Prompt, as_text
@@ -43,6 +43,71 @@ class Prefill:
         cache.crop(-1)
         return cache
 
+    def select(self, rows) -> "Prefill":
+        """The prefill of some rows of the batch (their cache copied)."""
+        rows = torch.as_tensor(rows, device=self.last_logits.device)
+        cache = DynamicCache([(layer.keys[rows], layer.values[rows]) for layer in self.cache.layers])
+        return Prefill({k: v[rows] for k, v in self.inputs.items()}, cache, self.last_logits[rows])
+
+
+@dataclass
+class ScoredAnswers:
+    """One prompt's answers as `ChatModel.score_rows` scored them, token by token: each answer's
+    token ids (`answer_ids`, end-of-turn token included), the log-likelihood of each token given the
+    prompt and the answer's earlier tokens, and the model's most likely token at each of those
+    positions. Answers that share their first k tokens share the context of their next one, so
+    together these hold what greedy decoding would choose at every node of the answers' prefix trie
+    (`follow_answers`)."""
+
+    ids: list
+    token_logp: list  # per answer, float64 (len(answer),)
+    top_token: list  # per answer, int64 (len(answer),)
+
+    @property
+    def sums(self) -> np.ndarray:
+        return np.array([logp.sum() for logp in self.token_logp], dtype=float)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.array([len(ids) for ids in self.ids], dtype=np.int64)
+
+
+def follow_answers(scored: ScoredAnswers, stop_ids, max_new_tokens: int, constrained=False, answer_scores=None, weight=1.0) -> list | None:
+    """The tokens greedy decoding would generate after the prompt of `scored`, read off its scores
+    instead of running the model, or None where they cannot tell.
+
+    Free decoding (`constrained=False`) follows the model's most likely token while it continues some
+    answer, and is read off only if it ends one (a token in `stop_ids`): None when it leaves the
+    answers' paths (an answer that is no candidate's title) and must run. Constrained decoding
+    (`TitleConstrainedLogitsProcessor` over the answers' titles) picks, among the tokens that continue
+    some answer, the best log-likelihood plus `weight` x the best of `answer_scores` (one per answer)
+    still reachable through it, as the processor does with the model's logits (the same order: the
+    log-softmax shifts every logit of a step alike; ties go to the lower token id, as argmax's).
+    None too where the answer would not fit in `max_new_tokens`."""
+    alive, path = list(range(len(scored.ids))), []
+    while len(path) < max_new_tokens:
+        k = len(path)
+        options = {}  # next token -> (its log-likelihood, best answer score through it)
+        for i in alive:
+            if k < len(scored.ids[i]):
+                token, score = scored.ids[i][k], -np.inf if answer_scores is None else float(answer_scores[i])
+                logp, best = options.get(token, (float(scored.token_logp[i][k]), -np.inf))
+                options[token] = (logp, max(best, score))
+        if not options:  # every answer ended without a stop token: decoding would go on
+            return None
+        if constrained:
+            value = (lambda t: options[t][0]) if answer_scores is None else (lambda t: options[t][0] + weight * options[t][1])
+            token = max(sorted(options), key=value)
+        else:
+            token = int(scored.top_token[next(i for i in alive if k < len(scored.ids[i]))][k])
+            if token not in options:
+                return None
+        path.append(token)
+        alive = [i for i in alive if k < len(scored.ids[i]) and scored.ids[i][k] == token]
+        if token in stop_ids or (constrained and all(len(scored.ids[i]) == k + 1 for i in alive)):
+            return path
+    return None
+
 
 class ChatModel:
     """
@@ -68,6 +133,7 @@ class ChatModel:
         self.titles = {item["item_id"]: item["title"] for item in processor.catalog["items"]}
         self.entity_tokens = {} if as_text else self._catalog_tokens()
         self._answer_ids = {}  # answer text -> token ids
+        self._trie_ids, self._end_of_turn = {}, None  # title -> token ids in the constraint's trie; its end-of-turn id
         self._content_free = {}  # (noun, answer text) -> summed log-likelihood under content_free_prompt(noun)
         self._ranked = {}  # (prompt, item ids) -> ranking-head scores
         tokenizer = processor.tokenizer
@@ -178,11 +244,12 @@ class ChatModel:
         The prompt runs once; the answers follow it packed with a block mask (`score_rows`): they
         do not see each other, so the scores do not depend on their order.
         """
-        return self.score_rows(self.prefill([prompt]), [answers])[0]
+        scored = self.score_rows(self.prefill([prompt]), [answers])[0]
+        return scored.sums, scored.lengths
 
     @torch.no_grad()
     def score_rows(self, prefill: Prefill, answers_per_row) -> list:
-        """`score_parts` of each prompt of a prefilled batch with its own answers.
+        """A `ScoredAnswers` for each prompt of a prefilled batch with its own answers.
 
         A row's answers are packed one after another behind its cached prompt (at most `pack_tokens`
         tokens a sequence), and a block mask lets each answer attend to the prompt and to its own
@@ -190,7 +257,9 @@ class ChatModel:
         forwards instead of one small one per group of answers."""
         ids = [[self.answer_ids(a) for a in answers] for answers in answers_per_row]
         first = prefill.last_logits.float().log_softmax(-1)  # predicts each answer's first token
-        sums = [first[row, [a[0] for a in row_ids]].cpu().numpy().astype(float) for row, row_ids in enumerate(ids)]
+        first_top = first.argmax(-1).tolist()
+        logp = [[first[row, [a[0]]].double().cpu().numpy() for a in row_ids] for row, row_ids in enumerate(ids)]
+        top = [[np.array([first_top[row]]) for _ in row_ids] for row, row_ids in enumerate(ids)]
         packs, pack, used = [], None, 0  # (row, answer indices); answers of one token need no forward
         for row, row_ids in enumerate(ids):
             for i, answer in enumerate(row_ids):
@@ -203,14 +272,17 @@ class ChatModel:
                 used += len(answer) - 1
         for start in range(0, len(packs), self.batch_size):
             group = packs[start : start + self.batch_size]
-            pack_sums = self._score_packs(prefill, [[ids[row][i] for i in members] for row, members in group], [row for row, _ in group])
-            for (row, members), answer_sums in zip(group, pack_sums):
-                sums[row][members] += answer_sums
-        return [(row_sums, np.array([len(a) for a in row_ids], dtype=np.int64)) for row_sums, row_ids in zip(sums, ids)]
+            scored = self._score_packs(prefill, [[ids[row][i] for i in members] for row, members in group], [row for row, _ in group])
+            for (row, members), answers in zip(group, scored):
+                for i, (answer_logp, answer_top) in zip(members, answers):
+                    logp[row][i] = np.concatenate([logp[row][i], answer_logp])
+                    top[row][i] = np.concatenate([top[row][i], answer_top])
+        return [ScoredAnswers(row_ids, row_logp, row_top) for row_ids, row_logp, row_top in zip(ids, logp, top)]
 
     def _score_packs(self, prefill, packs, rows) -> list:
         """For sequences of packed answers (token ids), each behind the cached prompt of its row of
-        `prefill`: per answer, the summed log-likelihood of its tokens after the first."""
+        `prefill`: per answer, the log-likelihood of each of its tokens after the first and the most
+        likely token in its place."""
         width = max(sum(len(a) - 1 for a in answers) for answers in packs)
         tokens, targets = torch.zeros(len(packs), width, dtype=torch.long), torch.zeros(len(packs), width, dtype=torch.long)
         positions, segments = torch.zeros(len(packs), width, dtype=torch.long), torch.full((len(packs), width), -1)
@@ -227,15 +299,16 @@ class ChatModel:
         own = (segments[:, :, None] == segments[:, None, :]) & torch.ones(width, width, dtype=torch.bool).tril()
         allowed = torch.cat([prompt_mask.cpu()[:, None, :].expand(-1, width, -1), own], -1)[:, None]
         mask = torch.zeros(allowed.shape, dtype=self.model.dtype).masked_fill(~allowed, torch.finfo(self.model.dtype).min)
-        cache = DynamicCache([(layer.keys[rows], layer.values[rows]) for layer in prefill.cache.layers])  # copies: the prefill's stays
+        cache = prefill.select(rows).cache  # a copy: the prefill's stays
         logits = self.model(input_ids=tokens.to(self.device), attention_mask=mask.to(self.device), position_ids=positions.to(self.device), cache=cache).logits
         targets = targets.to(self.device)
-        sums = []
-        for row, target, segment, answers in zip(logits, targets, segments, packs):  # one sequence at a time: small softmax temporaries
-            token_logp = -nn.functional.cross_entropy(row.float(), target, reduction="none").cpu()
-            answered = segment >= 0
-            sums.append(torch.zeros(len(answers), dtype=torch.float64).index_add_(0, segment[answered], token_logp[answered].double()).numpy())
-        return sums
+        out = []
+        for row, target, answers in zip(logits, targets, packs):  # one sequence at a time: small softmax temporaries
+            token_logp = (-nn.functional.cross_entropy(row.float(), target, reduction="none")).double().cpu().numpy()
+            top = row.argmax(-1).cpu().numpy()
+            bounds = np.cumsum([0] + [len(a) - 1 for a in answers])
+            out.append([(token_logp[a:b], top[a:b]) for a, b in zip(bounds[:-1], bounds[1:])])
+        return out
 
     def content_free_scores(self, answers, noun="item") -> np.ndarray:
         """Summed log-likelihood of each answer under `content_free_prompt(noun)`, the prior that
@@ -267,10 +340,17 @@ class ChatModel:
         return answers
 
     @torch.no_grad()
-    def generate_batch(self, inputs, max_new_tokens=None, candidates=None, candidate_scores=None) -> list:
+    def generate_batch(self, inputs, max_new_tokens=None, candidates=None, candidate_scores=None, scored=None) -> list:
         """`generate` for one batch: `inputs` from `encode`, or a `Prefill` whose cache spares the
-        prompts' forward."""
-        config = GenerationConfig(**self.greedy, max_new_tokens=min(max_new_tokens or self.max_new_tokens, self.max_new_tokens))
+        prompts' forward. `scored`: the `score_rows` of that prefill with the titles of `candidates`
+        (or of any answers, for free decoding): each row whose greedy answer follows one of them
+        is read off (`follow_answers`), and only the others run."""
+        budget = min(max_new_tokens or self.max_new_tokens, self.max_new_tokens)
+        if scored is not None:
+            if not isinstance(inputs, Prefill):
+                raise TypeError("`scored` answers need the `Prefill` they were scored on.")
+            return self._answers_from_scores(inputs, scored, budget, candidates, candidate_scores)
+        config = GenerationConfig(**self.greedy, max_new_tokens=budget)
         if isinstance(inputs, Prefill):  # the cache holds the item tokens: only ids and mask are read
             inputs = {"input_ids": inputs.inputs["input_ids"], "attention_mask": inputs.inputs["attention_mask"], "cache": inputs.generation_cache()}
         constraint = None
@@ -279,6 +359,35 @@ class ChatModel:
         out = self.model.generate(**inputs, generation_config=config, logits_processor=constraint)
         new = out[:, inputs["input_ids"].shape[1] :]
         return [text.strip() for text in self.processor.batch_decode(new, skip_special_tokens=True)]
+
+    def _answers_from_scores(self, prefill, scored, budget, candidates=None, candidate_scores=None) -> list:
+        """`generate_batch` where `scored` tells the answer; the rows it cannot tell run together."""
+        stop = self.greedy["eos_token_id"]
+        stop = set(stop) if isinstance(stop, (list, tuple)) else {stop}
+        paths = []
+        for row, row_scored in enumerate(scored):
+            constrained = candidates is not None
+            if constrained and row_scored.ids != [self._title_ids(self.titles[c]) for c in candidates[row]]:
+                paths.append(None)  # the constraint's trie tokenizes these titles otherwise: decode for real
+                continue
+            answer_scores = None if candidate_scores is None else candidate_scores[row]
+            paths.append(follow_answers(row_scored, stop, budget, constrained, answer_scores, self.guide_weight))
+        answers = [None if path is None else self.processor.decode(path, skip_special_tokens=True).strip() for path in paths]
+        todo = [row for row, answer in enumerate(answers) if answer is None]
+        if todo:
+            pick = lambda values: None if values is None else [values[row] for row in todo]  # noqa: E731
+            generated = self.generate_batch(prefill.select(todo), budget, pick(candidates), pick(candidate_scores))
+            for row, answer in zip(todo, generated):
+                answers[row] = answer
+        return answers
+
+    def _title_ids(self, title: str) -> list:
+        """A title's token ids as the constraint's trie holds them (`TitleTrie`): alone, then end of turn."""
+        if title not in self._trie_ids:
+            if self._end_of_turn is None:  # looked up once: the tokenizer's vocabulary is rebuilt on every read
+                self._end_of_turn = end_of_turn_id(self.processor.tokenizer)
+            self._trie_ids[title] = self.processor.tokenizer(title, add_special_tokens=False)["input_ids"] + [self._end_of_turn]
+        return self._trie_ids[title]
 
     def match_item(self, text, candidates):
         return match_answer(self.processor, text, candidates)

@@ -142,23 +142,27 @@ def candidate_prompt_pass(chat_model, protocol, likelihood=None, generations=(),
     likelihood of every candidate's title (kept in `likelihood`, a `LikelihoodScores`) and the greedy
     answers of `generations` ("generation"; "generation_constrained": among the candidates' titles,
     guided by the ranking head as in `generation_section`). Asked separately, each would run the
-    prompts again; the prompt is most of the cost. Returns {generation: answers in user order}."""
+    prompts again; the prompt is most of the cost. With the likelihoods, a greedy answer that spells
+    out a candidate's title is read off their scores (`lm.follow_answers`): the scores hold the
+    model's choice at every step along every title, so only answers that leave the titles are
+    decoded. Returns {generation: answers in user order}."""
     users, answers = protocol.users, {name: [] for name in generations}
     head = head_scorer(chat_model, protocol) if "generation_constrained" in generations and chat_model.has_ranking_head else None
     for start in tqdm(range(0, len(users), chat_model.batch_size), desc="candidate prompts", leave=False):
         batch = users[start : start + chat_model.batch_size]
         candidates = [protocol.candidates[u] for u in batch]
         prefill = chat_model.prefill([recommendation_prompt(protocol, u, template_id, with_candidates=True) for u in batch])
+        scored = None
         if likelihood is not None:
-            titles = [[protocol.titles[c] for c in row] for row in candidates]
-            for user_id, row, parts in zip(batch, candidates, chat_model.score_rows(prefill, titles)):
-                likelihood.remember(user_id, row, parts)
+            scored = chat_model.score_rows(prefill, [[protocol.titles[c] for c in row] for row in candidates])
+            for user_id, row, row_scored in zip(batch, candidates, scored):
+                likelihood.remember(user_id, row, (row_scored.sums, row_scored.lengths))
         for name in generations:
             if name == "generation_constrained":
                 scores = [head(u, row) for u, row in zip(batch, candidates)] if head else None
-                answers[name] += chat_model.generate_batch(prefill, candidates=candidates, candidate_scores=scores)
+                answers[name] += chat_model.generate_batch(prefill, candidates=candidates, candidate_scores=scores, scored=scored)
             else:
-                answers[name] += chat_model.generate_batch(prefill)
+                answers[name] += chat_model.generate_batch(prefill, scored=scored)
     return answers
 
 
