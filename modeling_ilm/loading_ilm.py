@@ -27,7 +27,7 @@ QFORMER_FROM_BERT = (
     "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
     "hidden_act", "max_position_embeddings", "layer_norm_eps", "pad_token_id",
 )
-HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
+HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")  # the Auto classes pass proxies too
 LLM_ADAPTER_FOLDER = "llm_adapter"  # the LoRA of a LoRA-enabled ILM, as a PEFT adapter of the base LLM
 LORA_CONFIG_KEYS = ("r", "lora_alpha", "lora_dropout", "target_modules", "bias", "use_rslora", "use_dora")
 
@@ -192,7 +192,7 @@ def load_light_checkpoint(cls, path, config, **kwargs):
     if not llm_name:
         raise ValueError(f"{path} holds no LLM weights and its config names no `text_model_name_or_path`.")
     # where to find the LLM (revision/subfolder address the ILM repository, not the LLM's)
-    llm_hub = {k: hub[k] for k in ("cache_dir", "force_download", "local_files_only", "token") if k in hub}
+    llm_hub = {k: hub[k] for k in ("cache_dir", "force_download", "local_files_only", "token", "proxies") if k in hub}
     attention = {"attn_implementation": kwargs["attn_implementation"]} if kwargs.get("attn_implementation") else {}
     llm = AutoModelForCausalLM.from_pretrained(llm_name, dtype=torch.float32, **attention, **llm_hub)
     config.text_model_name_or_path = str(llm_name)

@@ -138,8 +138,10 @@ def protocol_note(protocol: dict) -> str:
         "masked out.",
         "- *generation*: the greedy answer mapped to a candidate title (*constrained*: decoding restricted to the "
         "candidates' titles by a prefix trie, so every answer is a candidate; for a model with a ranking head, each "
-        "title is also weighted by the head's score, so the answer names the head's choice); *full catalog*: greedy "
-        "answer to the next-item prompt, exact (normalised) title match.",
+        "title is also weighted by the head's score, so the answer names the head's choice); where the likelihood "
+        "rankings are evaluated too, an answer that spells out a candidate's title is read off their scoring pass, "
+        "which holds greedy decoding's choice at every step along every title, and the others are decoded; *full "
+        "catalog*: greedy answer to the next-item prompt, exact (normalised) title match.",
         "- *alignment*: held-out items, seen and held-out (unseen) templates; semantic = cosine of "
         "mean-pooled MiniLM embeddings of answer and reference.",
         f"- Values are means with 95% confidence intervals in brackets: {ci}; alignment resamples items.",
