@@ -133,7 +133,7 @@ class ChatModel:
         self.titles = {item["item_id"]: item["title"] for item in processor.catalog["items"]}
         self.entity_tokens = {} if as_text else self._catalog_tokens()
         self._answer_ids = {}  # answer text -> token ids
-        self._trie_ids, self._end_of_turn = {}, None  # title -> token ids in the constraint's trie; its end-of-turn id
+        self._trie_ids = {}  # title -> token ids in the constraint's trie
         self._content_free = {}  # (noun, answer text) -> summed log-likelihood under content_free_prompt(noun)
         self._ranked = {}  # (prompt, item ids) -> ranking-head scores
         tokenizer = processor.tokenizer
@@ -364,9 +364,8 @@ class ChatModel:
         """`generate_batch` where `scored` tells the answer; the rows it cannot tell run together."""
         stop = self.greedy["eos_token_id"]
         stop = set(stop) if isinstance(stop, (list, tuple)) else {stop}
-        paths = []
+        paths, constrained = [], candidates is not None
         for row, row_scored in enumerate(scored):
-            constrained = candidates is not None
             if constrained and row_scored.ids != [self._title_ids(self.titles[c]) for c in candidates[row]]:
                 paths.append(None)  # the constraint's trie tokenizes these titles otherwise: decode for real
                 continue
@@ -384,9 +383,8 @@ class ChatModel:
     def _title_ids(self, title: str) -> list:
         """A title's token ids as the constraint's trie holds them (`TitleTrie`): alone, then end of turn."""
         if title not in self._trie_ids:
-            if self._end_of_turn is None:  # looked up once: the tokenizer's vocabulary is rebuilt on every read
-                self._end_of_turn = end_of_turn_id(self.processor.tokenizer)
-            self._trie_ids[title] = self.processor.tokenizer(title, add_special_tokens=False)["input_ids"] + [self._end_of_turn]
+            tokenizer = self.processor.tokenizer
+            self._trie_ids[title] = tokenizer(title, add_special_tokens=False)["input_ids"] + [end_of_turn_id(tokenizer)]
         return self._trie_ids[title]
 
     def match_item(self, text, candidates):
