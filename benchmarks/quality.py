@@ -151,6 +151,12 @@ ROWS = {
                                       pretrain={"max_steps": 480}, data={"num_train_candidates": 20}),
     "phase1_960_frozen_words": latest_row("phase1_960 with the Q-Former's word embeddings frozen in phase 1 (a 0.72x step): the longer phase 1 in less time",
                                           pretrain={"max_steps": 960, "freeze_word_embeddings": True}),
+    "phase1_480_float32": latest_row("phase1_480 (the CPU preset) trained and evaluated in float32 by make main on a 2-core AMD EPYC with AVX2 only "
+                                     "(no bfloat16 instructions), the machine of the next row", pretrain={"max_steps": 480}),
+    # a third of ml-100k's titles start with a word that BPE splits otherwise after a space (" Toy" against "T", "oy"),
+    # so an answer naming such a candidate has tokens that the prompt never shows
+    "title_unspaced": latest_row("phase1_480_float32 with no space between each candidate's item tokens and its title (\"<item>Heat (1995)\"): "
+                                 "the title's tokens are the answer's", pretrain={"max_steps": 480}, data={"candidate_title_space": False}),
 }
 # Measured by hand on the same 200 validation users while building the ladder (no training involved
 # unless said): what each representation of an item ranks by itself, as item-to-item similarity to
@@ -359,15 +365,15 @@ def data_dir(out: Path, preset: dict, overrides: dict) -> Path:
 
     folder = out / ("data" + suffix(overrides))
     if not (folder / "stats.json").exists():
-        # candidate_tokens_first joined the preset with its row: rows that do not ask for it ran without it
-        settings = {k: v for k, v in {**preset["data"], "candidate_tokens_first": False, **overrides}.items() if k != "dataset"}
+        # candidate_tokens_first and candidate_title_space joined the preset with their rows: rows that do not ask for them ran without
+        settings = {k: v for k, v in {**preset["data"], "candidate_tokens_first": False, "candidate_title_space": True, **overrides}.items() if k != "dataset"}
         build_dataset(folder, dataset="ml-100k", **settings)
     return folder
 
 
 # data options that change phase-2 prompts only: rows that differ in them share a phase 1 (the builds' CF
 # vectors are equal; the folders of older rows still name their candidate-list options)
-PHASE2_DATA = {"num_train_candidates"}
+PHASE2_DATA = {"num_train_candidates", "candidate_title_space"}
 
 
 def phase1(out: Path, preset: dict, overrides: dict, data: dict) -> Path:

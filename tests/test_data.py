@@ -415,6 +415,28 @@ def test_candidate_tokens_first_show_each_candidate_placeholder_before_its_title
         build_generic(GENERIC, tmp_path / "bad", candidate_tokens_first=True)
 
 
+def test_candidate_titles_can_follow_their_tokens_without_a_space(built, tmp_path):
+    out, _ = built
+    glued_out = tmp_path / "unspaced"
+    titles, plain, glued = build_candidate_rendering(built, glued_out, candidate_titles=True, candidate_tokens_first=True, candidate_title_space=False)
+    for _, b, text in candidate_prompts(plain, glued, ("train", "validation")):
+        shown = [i for i in b["item_ids"] if f"{ITEM_TOKEN}{titles[i]}" in text]
+        assert len(shown) >= 2 and not any(f"{ITEM_TOKEN} {titles[i]}" in text for i in shown)
+    from training.evaluate.prompts import CANDIDATE_TEMPLATE, as_text, recommendation_prompt
+    from training.evaluate.protocol import load_protocol
+
+    protocol = load_protocol(glued_out, split="validation")
+    assert not protocol.candidate_title_space and protocol.describe(10)["candidate_title_space"] is False
+    assert "candidate_title_space" not in load_protocol(out, split="validation").describe(10)  # the default protocol keeps its cache key
+    u = protocol.users[0]
+    prompt = recommendation_prompt(protocol, u, CANDIDATE_TEMPLATE, with_candidates=True)
+    assert prompt.messages[0]["content"].endswith("? " + ", ".join(f"{ITEM_TOKEN}{titles[c]}" for c in protocol.candidates[u]))
+    text = as_text(prompt, titles).messages[0]["content"]  # the text baseline's prompt is the spaced build's
+    assert text.endswith("? " + ", ".join(titles[c] for c in protocol.candidates[u])) and ITEM_TOKEN not in text
+    with pytest.raises(ValueError, match="candidate_title_space=False .* set candidate_tokens_first=True"):
+        build_generic(GENERIC, tmp_path / "bad", candidate_titles=True, candidate_title_space=False)
+
+
 def test_candidates_can_show_their_titles_alone(built, tmp_path):
     out, _ = built
     titles_out = tmp_path / "titles_only"

@@ -94,3 +94,34 @@ def test_greedy_answers_read_off_answer_scores_equal_decoding(defaults):
     read = sum(answer in sentences for answer in free)
     assert read >= 1 and read_decodes == [len(prompts) - read]  # one decoding, of the other rows only
     assert all(answer in titles for answer in constrained)
+
+
+@pytest.mark.parametrize("spaced", [True, False])
+def test_unspaced_candidate_titles_are_tokenized_as_the_answers_naming_them(defaults, spaced):
+    """SmolLM2's BPE splits a word that starts a turn otherwise than after a space (" Toy" against
+    "T", "oy"), so with "<item> Toy Story (1995)" in the candidate list an answer naming it has tokens
+    the prompt never shows; with candidate_title_space=False ("<item>Toy Story (1995)") every listed
+    title's tokens are the answer's (labelled) tokens, but for the closing parenthesis, which the
+    list's comma joins ("),")."""
+    from training.data.templates import get_template, items, render, user
+
+    llm_path, _, _ = defaults
+    titles = ["Toy Story (1995)", "Twelve Monkeys (1995)", "Babe (1995)", "Heat (1995)", "Brothers McMullen, The (1995)"]
+    catalog = {"items": [{"item_id": str(i), "title": t} for i, t in enumerate(titles)], "users": [{"user_id": "7"}]}
+    processor = ILMProcessor.from_components(llm_path, catalog=catalog, num_query_tokens=4)
+    ids = [str(i) for i in range(len(titles))]
+    candidates = items(*ids, titled=True, tokens_first=True, spaced=spaced)
+    template = get_template("candidate_selection/0")
+    same = []
+    for answer_id in ids:
+        facts = {"user": user("7"), "history": items("4"), "candidates": candidates, "noun": "movie", "title": titles[int(answer_id)]}
+        messages, item_ids, user_ids = render(template, facts, {i: t for i, t in zip(ids, titles)})
+        out = processor(messages=messages, item_ids=item_ids, user_ids=user_ids, return_labels=True, add_generation_prompt=False)
+        tokens, labels = out["input_ids"][0].tolist(), out["labels"][0].tolist()
+        labelled = [t for t, label in zip(tokens, labels) if label != -100]
+        answer = labelled[: labelled.index(processor.tokenizer.eos_token_id) - 1]  # up to ")" and the end of the turn
+        after_placeholders = [k + 1 for k in range(len(tokens) - 1) if tokens[k] == processor.item_token_id != tokens[k + 1]]
+        listed = after_placeholders[-len(titles) :]  # the history's placeholder comes first
+        start = listed[int(answer_id)]
+        same.append(tokens[start : start + len(answer)] == answer)
+    assert all(same) if not spaced else not any(same)  # "ĠHeat" against "Heat"; "ĠToy" against "T", "oy"

@@ -47,6 +47,9 @@ def main(argv=None):
                      help="with --candidate-titles: candidates show their titles alone, no item tokens")
     opt.add_argument("--candidate-tokens-first", action="store_true",
                      help="with --candidate-titles: each candidate's item tokens before its title (\"<item> Heat (1995)\")")
+    opt.add_argument("--no-candidate-title-space", dest="candidate_title_space", action="store_false",
+                     help="with --candidate-tokens-first: no space before each candidate's title (\"<item>Heat (1995)\"), so it is "
+                          "tokenized as an answer naming it is")
     args = p.parse_args(argv)
 
     logging.basicConfig(

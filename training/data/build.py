@@ -59,6 +59,10 @@ class BuildConfig:
     # and (with candidate_titles) each candidate's item tokens before its title ("<item> Heat (1995)"),
     # so the title an answer copies follows the tokens the LLM read the candidate from
     candidate_tokens_first: bool = False
+    # False (with candidate_tokens_first): no space between a candidate's item tokens and its title
+    # ("<item>Heat (1995)"), so the title's tokens are those of an answer naming it: greedy answers copy it
+    # token for token (a third of ml-100k's titles start with a word split otherwise: " Toy" against "T", "oy")
+    candidate_title_space: bool = True
     # candidates per training candidate-selection prompt (None: num_candidates); fewer make shorter
     # prompts, e.g. titled ones, where what is learnt is how to answer with a listed title
     num_train_candidates: int | None = None
@@ -81,6 +85,8 @@ class BuildConfig:
             raise ValueError("candidate_tokens=False shows candidates without item tokens: set candidate_titles=True so they show their titles.")
         if self.candidate_tokens_first and not (self.candidate_titles and self.candidate_tokens):
             raise ValueError("candidate_tokens_first orders each candidate's item tokens and title: set candidate_titles=True and candidate_tokens=True.")
+        if not (self.candidate_title_space or self.candidate_tokens_first):
+            raise ValueError("candidate_title_space=False joins each candidate's item tokens to the title after them: set candidate_tokens_first=True.")
 
 
 def load_source(dataset="ml-100k", interactions=None, items=None, users=None, grouplens=None, recbole=None):
@@ -232,6 +238,7 @@ def _build(out, final, tables, source, cfg, start):
         candidate_lines=cfg.candidate_lines,
         candidate_tokens=cfg.candidate_tokens,
         candidate_tokens_first=cfg.candidate_tokens_first,
+        candidate_title_space=cfg.candidate_title_space,
     )
     phase2, phase2_counts = build_phase2(ctx, cfg.seed, cfg.max_train_per_task, cfg.max_eval_per_task)
 

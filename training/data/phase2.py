@@ -74,6 +74,7 @@ class Context:
     candidate_lines: bool = False  # candidate lists show one candidate per line
     candidate_tokens: bool = True  # False: candidate lists show titles alone
     candidate_tokens_first: bool = False  # candidate lists show each candidate's tokens before its title
+    candidate_title_space: bool = True  # ... and a space between them
 
 
 def _number(x):
@@ -153,7 +154,7 @@ def candidate_facts(ctx, split, rng):
         else:
             cands = ctx.candidates[split][u]
         yield facts | {"candidates": items(*_shuffled(cands, rng), titled=ctx.candidate_titles, lines=ctx.candidate_lines, tokens=ctx.candidate_tokens,
-                                         tokens_first=ctx.candidate_tokens_first)}
+                                         tokens_first=ctx.candidate_tokens_first, spaced=ctx.candidate_title_space)}
 
 
 def conversation_facts(ctx, split, rng):

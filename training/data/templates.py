@@ -24,14 +24,19 @@ class Ref:
     lines: bool = False  # one entity per line ("\n- Heat (1995) <item>"): titles hold commas, so a comma list blurs where one ends
     tokens: bool = True  # False (titled only): the title alone, no placeholder
     tokens_first: bool = False  # (titled) the placeholder then the title ("<item> Heat (1995)")
+    # (tokens_first) False: no space between them ("<item>Heat (1995)"), so the title is tokenized as an
+    # answer at the start of a turn writes it ("T", "oy" for Toy, not " Toy"): an answer copies it token for token
+    spaced: bool = True
 
 
-def items(*ids, titled=False, lines=False, tokens=True, tokens_first=False):
+def items(*ids, titled=False, lines=False, tokens=True, tokens_first=False, spaced=True):
     if not (titled or tokens):
         raise ValueError("An item shown without its item tokens needs its title (titled=True).")
     if tokens_first and not (titled and tokens):
         raise ValueError("tokens_first orders an item's tokens and title: it needs titled=True and tokens=True.")
-    return Ref("item", tuple(ids), titled, lines, tokens, tokens_first)
+    if not (spaced or tokens_first):
+        raise ValueError("spaced=False joins an item's tokens to the title after them: it needs tokens_first=True.")
+    return Ref("item", tuple(ids), titled, lines, tokens, tokens_first, spaced)
 
 
 def user(uid):
@@ -167,7 +172,9 @@ def shown_entity(ref, entity_id, placeholder, titles):
     title = entity_title(titles, entity_id)
     if not ref.tokens:
         return title
-    return f"{placeholder} {title}" if ref.tokens_first else f"{title} {placeholder}"
+    if ref.tokens_first:
+        return f"{placeholder}{' ' if ref.spaced else ''}{title}"
+    return f"{title} {placeholder}"
 
 
 def render(template, facts, titles=None):

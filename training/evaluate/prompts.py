@@ -32,7 +32,7 @@ def recommendation_prompt(protocol, user_id: str, template_id: str, with_candida
     facts = {"user": user(user_id), "history": items(*protocol.history(user_id)), "noun": protocol.noun}
     if with_candidates:
         facts["candidates"] = items(*protocol.candidates[user_id], titled=protocol.candidate_titles, lines=protocol.candidate_lines, tokens=protocol.candidate_tokens,
-                                     tokens_first=protocol.candidate_tokens_first)
+                                     tokens_first=protocol.candidate_tokens_first, spaced=protocol.candidate_title_space)
     return render_prompt(template_id, titles=protocol.titles, **facts)
 
 
@@ -43,7 +43,8 @@ def phase2_prompt(row: dict) -> Prompt:
 
 def as_text(prompt: Prompt, titles: dict) -> Prompt:
     """Titles in place of <item> and user ids in place of <user>: the text-only baseline's prompt.
-    An item already shown as "Title <item>" or "<item> Title" (titled rendering) becomes its title once."""
+    An item already shown as "Title <item>", "<item> Title" or "<item>Title" (titled rendering) becomes
+    its title once."""
     queues = {ITEM_TOKEN: iter(prompt.item_ids), USER_TOKEN: iter(prompt.user_ids)}
     messages = []
     for message in prompt.messages:
@@ -58,6 +59,9 @@ def as_text(prompt: Prompt, titles: dict) -> Prompt:
                 text = text[:-1]  # its title is already there: drop the space before the placeholder
             elif content.startswith(f" {titles[entity]}", match.end()):
                 end = match.end() + 1  # its title follows: drop the placeholder and the space after it
+                continue
+            elif content.startswith(titles[entity], match.end()):
+                end = match.end()  # its title follows without a space: drop the placeholder
                 continue
             else:
                 text += titles[entity]

@@ -69,6 +69,7 @@ class Protocol:
     candidate_lines: bool = False  # ... one candidate per line
     candidate_tokens: bool = True  # ... the candidates' item tokens (False: titles alone)
     candidate_tokens_first: bool = False  # ... each candidate's item tokens before its title
+    candidate_title_space: bool = True  # ... and a space between them
     titles: dict = field(init=False)  # item id -> title
 
     def __post_init__(self):
@@ -93,7 +94,8 @@ class Protocol:
             "bootstrap": bootstrap,
             "seed": self.seed,
         }
-        for option, default in (("candidate_titles", False), ("candidate_lines", False), ("candidate_tokens", True), ("candidate_tokens_first", False)):
+        for option, default in (("candidate_titles", False), ("candidate_lines", False), ("candidate_tokens", True), ("candidate_tokens_first", False),
+                                ("candidate_title_space", True)):
             if getattr(self, option) != default:  # only when set: results and caches of the default protocol keep their keys
                 described[option] = getattr(self, option)
         return described
@@ -142,4 +144,5 @@ def load_protocol(data_dir, split="test", candidates_file=None, users=None, seed
         candidate_lines=bool(built.get("candidate_lines", False)),
         candidate_tokens=bool(built.get("candidate_tokens", True)),
         candidate_tokens_first=bool(built.get("candidate_tokens_first", False)),
+        candidate_title_space=bool(built.get("candidate_title_space", True)),
     )
