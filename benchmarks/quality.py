@@ -342,6 +342,21 @@ DIAGNOSTICS = [
     "loss 2.49 (2.58). Phase 2 then ends where phase1_480 did: head 0.440 [0.380, 0.515], NDCG@5 0.668, valid 0.870, "
     "greedy HR@1 0.185; curve 0.380 / 0.340 / 0.380 / 0.430 / 0.440. A better phase 1 on its own metrics buys nothing "
     "downstream here, and phase1_960's valid 0.910 was not repeated; not taken (2.3 more minutes).",
+    "- Why answers mis-copy a listed title: SmolLM2's BPE writes the first word of a turn without its leading space, and "
+    "splits 563 of ml-100k's 1681 titles' first words otherwise than after a space (\" Toy\" against \"T\", \"oy\"; "
+    "\" Brothers\" against \"Bro\", \"ther\", \"s\"); the other 1118 differ in their first token too (\" Heat\" "
+    "against \"Heat\"). Listed as \"<item> Toy Story (1995)\", the title an answer must write is never in the prompt token "
+    "for token, and copying goes astray from its first word. Probed on the float32 make-main model of phase1_480 "
+    "(validation, the first 96 users, no training): listing the candidates as \"<item>Toy Story (1995)\" instead, so "
+    "each title's tokens are the answer's, 0.927 of the greedy answers name a candidate against 0.844 (greedy HR@1 0.073 "
+    "both; likelihood HR@1 0.094 against 0.115).",
+    "- phase1_480_float32 is the CPU preset as `make main` trained it in float32 on the AVX2-only machine the next row "
+    "ran on (test figures in the README), evaluated here on validation as the next row's reference (same users, same "
+    "machine): head 0.435, valid 0.825, greedy HR@1 0.125. title_unspaced trains the same phase 2 on candidate lists "
+    "without the space (`candidate_title_space: false`; the same phase-1 checkpoint): greedy valid 0.945 [0.910, "
+    "0.975] against 0.825 [0.770, 0.875], the first row whose CI clears 0.9, and greedy HR@1 0.215 [0.160, 0.270] "
+    "against 0.125, while the head stays where it was (0.425 against 0.435, NDCG@5 0.669 against 0.673; curve 0.395 / "
+    "0.355 / 0.435 / 0.415 / 0.425). Phase 2 took 18.7 min in float32 against 19.1. The CPU preset takes it.",
 ]
 METRICS = [
     ("HR@1 (likelihood, sum)", "ranking", "hr@1"),

@@ -428,6 +428,10 @@ def test_candidate_titles_can_follow_their_tokens_without_a_space(built, tmp_pat
     protocol = load_protocol(glued_out, split="validation")
     assert not protocol.candidate_title_space and protocol.describe(10)["candidate_title_space"] is False
     assert "candidate_title_space" not in load_protocol(out, split="validation").describe(10)  # the default protocol keeps its cache key
+    from training.evaluate.report import protocol_note
+
+    assert f"listed to the ILM as `{ITEM_TOKEN}Heat (1995)`" in protocol_note(protocol.describe(10))  # results.md says how
+    assert f"listed to the ILM as `{ITEM_TOKEN}`" in protocol_note(load_protocol(out, split="validation").describe(10))
     u = protocol.users[0]
     prompt = recommendation_prompt(protocol, u, CANDIDATE_TEMPLATE, with_candidates=True)
     assert prompt.messages[0]["content"].endswith("? " + ", ".join(f"{ITEM_TOKEN}{titles[c]}" for c in protocol.candidates[u]))

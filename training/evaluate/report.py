@@ -23,6 +23,7 @@ import json
 from pathlib import Path
 
 from training.atomic import write_text_atomic
+from training.data.templates import ITEM_TOKEN, items, shown_entity
 
 ALIGNMENT = {"title_exact_match": "title EM", "genre_f1": "genre F1", "year_accuracy": "year acc.", "semantic_consistency": "semantic"}
 TABLES = {
@@ -119,13 +120,22 @@ def cell(value) -> str:
     return value if isinstance(value, str) else f"{value:g}"
 
 
+def shown_candidate(protocol: dict) -> str:
+    """How the protocol's candidate prompts list one candidate (its options are in `protocol` only when set)."""
+    ref = items("1", titled=protocol.get("candidate_titles", False),
+                tokens=protocol.get("candidate_tokens", True), tokens_first=protocol.get("candidate_tokens_first", False),
+                spaced=protocol.get("candidate_title_space", True))
+    return shown_entity(ref, "1", ITEM_TOKEN, {"1": "Heat (1995)"})
+
+
 def protocol_note(protocol: dict) -> str:
     n = protocol["num_candidates"]
     ci = f"percentile bootstrap over users ({protocol['bootstrap']} resamples, seed {protocol['seed']})" if protocol["bootstrap"] else "none (--bootstrap 0)"
     return "\n".join([
         f"**Protocol** ({protocol['name']}): split `{protocol['split']}`, {protocol['users']} users, {n} candidates per user "
         f"from `{protocol['candidates_file']}` (the held-out item and items the user never interacted with), shown "
-        f"in a seeded random order; the history is the user's last {protocol['history_len']} earlier interactions.",
+        f"in a seeded random order, each listed to the ILM as `{shown_candidate(protocol)}` (to the text-only LLM by its "
+        f"title); the history is the user's last {protocol['history_len']} earlier interactions.",
         "",
         "- *ranking*: LLMs rank the candidates by their log-likelihood of each title as the answer, summed over "
         "the title's tokens (which favours short titles; per token with --score mean), popularity by train "
