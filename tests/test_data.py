@@ -417,15 +417,15 @@ def test_candidate_tokens_first_show_each_candidate_placeholder_before_its_title
 
 def test_candidate_titles_can_follow_their_tokens_without_a_space(built, tmp_path):
     out, _ = built
-    glued_out = tmp_path / "unspaced"
-    titles, plain, glued = build_candidate_rendering(built, glued_out, candidate_titles=True, candidate_tokens_first=True, candidate_title_space=False)
-    for _, b, text in candidate_prompts(plain, glued, ("train", "validation")):
+    unspaced_out = tmp_path / "unspaced"
+    titles, plain, unspaced = build_candidate_rendering(built, unspaced_out, candidate_titles=True, candidate_tokens_first=True, candidate_title_space=False)
+    for _, b, text in candidate_prompts(plain, unspaced, ("train", "validation")):
         shown = [i for i in b["item_ids"] if f"{ITEM_TOKEN}{titles[i]}" in text]
         assert len(shown) >= 2 and not any(f"{ITEM_TOKEN} {titles[i]}" in text for i in shown)
     from training.evaluate.prompts import CANDIDATE_TEMPLATE, as_text, recommendation_prompt
     from training.evaluate.protocol import load_protocol
 
-    protocol = load_protocol(glued_out, split="validation")
+    protocol = load_protocol(unspaced_out, split="validation")
     assert not protocol.candidate_title_space and protocol.describe(10)["candidate_title_space"] is False
     assert "candidate_title_space" not in load_protocol(out, split="validation").describe(10)  # the default protocol keeps its cache key
     from training.evaluate.report import protocol_note

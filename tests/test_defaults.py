@@ -115,7 +115,7 @@ def test_unspaced_candidate_titles_are_tokenized_as_the_answers_naming_them(defa
     same = []
     for answer_id in ids:
         facts = {"user": user("7"), "history": items("4"), "candidates": candidates, "noun": "movie", "title": titles[int(answer_id)]}
-        messages, item_ids, user_ids = render(template, facts, {i: t for i, t in zip(ids, titles)})
+        messages, item_ids, user_ids = render(template, facts, dict(zip(ids, titles)))
         out = processor(messages=messages, item_ids=item_ids, user_ids=user_ids, return_labels=True, add_generation_prompt=False)
         tokens, labels = out["input_ids"][0].tolist(), out["labels"][0].tolist()
         labelled = [t for t, label in zip(tokens, labels) if label != -100]
