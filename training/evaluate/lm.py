@@ -11,7 +11,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import DynamicCache, GenerationConfig
 
-from modeling_ilm.constrained_decoding import GUIDE_WEIGHT, end_of_turn_id
+from modeling_ilm.constrained_decoding import GUIDE_WEIGHT, catalog_trie
 from modeling_ilm.processing_ilm import normalize_title
 
 from .prompts import Prompt, as_text
@@ -133,7 +133,6 @@ class ChatModel:
         self.titles = {item["item_id"]: item["title"] for item in processor.catalog["items"]}
         self.entity_tokens = {} if as_text else self._catalog_tokens()
         self._answer_ids = {}  # answer text -> token ids
-        self._trie_ids = {}  # title -> token ids in the constraint's trie
         self._content_free = {}  # (noun, answer text) -> summed log-likelihood under content_free_prompt(noun)
         self._ranked = {}  # (prompt, item ids) -> ranking-head scores
         tokenizer = processor.tokenizer
@@ -365,8 +364,9 @@ class ChatModel:
         stop = self.greedy["eos_token_id"]
         stop = set(stop) if isinstance(stop, (list, tuple)) else {stop}
         paths, constrained = [], candidates is not None
+        trie = catalog_trie(self.processor) if constrained else None  # each title's ids as the constraint's tries hold them
         for row, row_scored in enumerate(scored):
-            if constrained and row_scored.ids != [self._title_ids(self.titles[c]) for c in candidates[row]]:
+            if constrained and row_scored.ids != [trie.sequences[r] for r in self.processor.rows(candidates[row])]:
                 paths.append(None)  # the constraint's trie tokenizes these titles otherwise: decode for real
                 continue
             answer_scores = None if candidate_scores is None else candidate_scores[row]
@@ -379,13 +379,6 @@ class ChatModel:
             for row, answer in zip(todo, generated):
                 answers[row] = answer
         return answers
-
-    def _title_ids(self, title: str) -> list:
-        """A title's token ids as the constraint's trie holds them (`TitleTrie`): alone, then end of turn."""
-        if title not in self._trie_ids:
-            tokenizer = self.processor.tokenizer
-            self._trie_ids[title] = tokenizer(title, add_special_tokens=False)["input_ids"] + [end_of_turn_id(tokenizer)]
-        return self._trie_ids[title]
 
     def match_item(self, text, candidates):
         return match_answer(self.processor, text, candidates)
