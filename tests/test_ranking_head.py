@@ -272,3 +272,90 @@ def test_item_encoder_and_head_keep_float32_under_autocast_and_with_a_bfloat16_l
     rounded = bf16.score_items(**inputs)  # only the LLM's hidden states are rounded
     assert rounded.dtype == torch.float32 and not torch.equal(rounded, float32_scores)
     torch.testing.assert_close(rounded, float32_scores, atol=0.3, rtol=0.05)
+
+
+# --- the ranking warm-up (training/ranking_warmup.py) ---------------------------------------------------
+
+
+@torch.no_grad()
+def test_warmup_trains_the_function_the_new_head_ranks_prompts_by(tiny_components, processor):
+    """With its LLM terms at zero, the head's scores of a prompt are the warm-up's item term of the
+    prompt's items, whatever else the prompt holds."""
+    from training.ranking_warmup import item_term_scores
+
+    model = build(tiny_components, processor, ranking_item_prior=True)
+    torch.nn.init.normal_(model.item_scorer.prior[1].weight)  # a prior that is not zero either
+    tokens = model.get_item_tokens(torch.arange(len(CATALOG["items"])))
+    histories = torch.tensor([processor.rows(ITEMS[0]), processor.rows(ITEMS[1]) + [-1]])
+    inputs = processor(messages=PROMPTS, item_ids=ITEMS, user_ids=USERS)
+    torch.testing.assert_close(item_term_scores(model.item_scorer, histories, tokens), model.score_items(**inputs))
+
+
+def warmup_model(tiny_components, data_dir, **config):
+    import json
+
+    from safetensors.torch import load_file
+
+    catalog = json.loads((data_dir / "catalog.json").read_text())
+    processor = ILMProcessor.from_components(tiny_components["llm"], catalog=catalog, num_query_tokens=QUERIES)
+    cf = load_file(str(data_dir / "cf" / "embeddings.safetensors"))
+    torch.manual_seed(0)
+    model = ILMForConditionalGeneration.from_components(
+        tiny_components["llm"], tiny_components["bert"], item_token_id=processor.item_token_id, user_token_id=processor.user_token_id,
+        num_query_tokens=QUERIES, item_embeddings=cf["item_embeddings"], user_embeddings=cf["user_embeddings"], ranking_dim=16, **config,
+    ).eval()
+    return model, processor
+
+
+def test_warmup_learns_next_items_from_every_train_pair_and_trains_only_the_heads_item_part(tiny_components, data_dir):
+    from datasets import load_from_disk
+
+    from training.ranking_warmup import item_term_scores, next_item_pairs, warm_up_ranking_head
+
+    model, processor = warmup_model(tiny_components, data_dir, ranking_head=True, ranking_item_prior=True)
+    histories, targets = next_item_pairs(data_dir, processor, history_len=3)
+    train = load_from_disk(str(data_dir / "interactions" / "train")).to_pandas()
+    sequences = [processor.rows(items) for items in train.groupby("user_id", sort=False)["item_id"].agg(list)]
+    assert len(targets) == sum(len(s) - 1 for s in sequences)  # every interaction after a user's first
+    first = sequences[0]
+    assert targets[: len(first) - 1].tolist() == first[1:]
+    assert histories[0].tolist() == [first[0], -1, -1]
+    last = len(first) - 1  # the user's last pair: the 3 items before it
+    assert histories[last - 1].tolist() == first[max(0, last - 3) : last] + [-1] * max(0, 3 - last)
+
+    tokens = model.get_item_tokens(torch.arange(model.config.num_items)).float().detach()
+    full_loss = lambda: torch.nn.functional.cross_entropy(item_term_scores(model.item_scorer, histories, tokens), targets).item()  # noqa: E731
+    before_loss = full_loss()
+    frozen = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("item_scorer.")}
+    llm_terms = {k: v.clone() for k, v in model.item_scorer.state_dict().items() if k.startswith("query.")}
+    summary = warm_up_ranking_head(model, 40, processor, data_dir, batch_size=16, learning_rate=1e-2)
+    assert summary["pairs"] == len(targets) and summary["steps"] == 40 and summary["final_loss"] < summary["first_loss"]
+    with torch.no_grad():
+        assert full_loss() < before_loss - 0.05  # over all pairs, not only the batches it saw
+    for key, value in model.state_dict().items():  # the encoder, adapter and LLM as they were
+        if key in frozen:
+            torch.testing.assert_close(value, frozen[key], rtol=0, atol=0)
+    for key, value in model.item_scorer.state_dict().items():
+        if key in llm_terms:  # the LLM terms still start at zero in phase 2
+            torch.testing.assert_close(value, llm_terms[key], rtol=0, atol=0)
+    assert not model.training  # left as it was
+
+
+def test_warmup_refuses_a_model_without_a_new_head(tiny_components, data_dir):
+    from training.ranking_warmup import warm_up_ranking_head
+
+    model, processor = warmup_model(tiny_components, data_dir)
+    with pytest.raises(ValueError, match="ranking_warmup_steps: 0"):
+        warm_up_ranking_head(model, 1, processor, data_dir)
+    model, processor = warmup_model(tiny_components, data_dir, ranking_head=True)
+    with torch.no_grad():
+        model.item_scorer.query["answer"][1].weight.add_(0.1)  # a head that has learned to read the LLM
+    with pytest.raises(ValueError, match="already reads the LLM.*ranking_warmup_steps: 0"):
+        warm_up_ranking_head(model, 1, processor, data_dir)
+    from training.finetune import FinetuneConfig
+
+    with pytest.raises(ValueError, match="ranking_head is False: set ranking_head: true, or ranking_warmup_steps: 0"):
+        FinetuneConfig(ranking_warmup_steps=1)
+    with pytest.raises(ValueError, match="ranking_warmup_steps must be a whole number >= 0"):
+        FinetuneConfig(ranking_head=True, ranking_warmup_steps=-5)
+

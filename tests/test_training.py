@@ -299,9 +299,10 @@ def test_phase2_with_ranking_head_logs_its_loss_and_learning_curve_and_saves_the
         data_dir=str(data_dir), output_dir=str(tmp_path), init=str(phase1_dir / "final"), llm=tiny_components["llm"],
         num_query_tokens=2, num_cf_tokens=2, num_train_examples=32, batch_size=4, max_steps=4, logging_steps=1, save_steps=2,
         learning_rate=1e-3, ranking_head=True, ranking_negatives=8, task_weights={"next_item_title": 1, "item_title": 1},
-        curve_steps=2, curve_users=5, item_rendering="title+tokens",
+        curve_steps=2, curve_users=5, item_rendering="title+tokens", ranking_warmup_steps=3, ranking_warmup_batch_size=8,
     )
     summary = finetune(config)
+    assert summary["ranking_warmup"]["steps"] == 3 and summary["ranking_warmup"]["pairs"] > 0
     history = summary["log_history"]
     assert [e["step"] for e in history if "eval_validation_hr@1_head" in e] == [0, 2, 4]
     assert all(0.0 <= e["eval_validation_hr@1_head"] <= 1.0 for e in history if "eval_validation_hr@1_head" in e)
@@ -311,6 +312,8 @@ def test_phase2_with_ranking_head_logs_its_loss_and_learning_curve_and_saves_the
     from modeling_ilm import ILMProcessor
 
     assert ILMProcessor.from_pretrained(tmp_path / "model").item_rendering == "title+tokens"
+    # run again: it resumes from the last checkpoint, whose head the warm-up already trained
+    assert finetune(config)["ranking_warmup"] is None
 
 
 # --- several processes, gradient accumulation, any TrainingArguments field ------------------------------

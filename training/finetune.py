@@ -27,6 +27,7 @@ from training import assets
 from training.atomic import write_text_atomic
 from training.config import config_from_cli
 from training.plots import plot_training_curves
+from training.ranking_warmup import warm_up_ranking_head
 from training.trainer import ComponentLossTrainer, TrainerSettings, is_main_process, last_checkpoint, start_run, training_arguments
 
 logger = logging.getLogger(__name__)
@@ -68,6 +69,12 @@ class FinetuneConfig(TrainerSettings):
     # SASRec-style: in next-item prompts, the end of every history item also predicts the next one,
     # so one forward gives ~history_len ranking examples instead of one
     ranking_history: bool = False
+    # Before phase 2, the new head's item-similarity part (its step-0 function, no LLM) learns from every
+    # (history -> next item) pair of the train split: steps of `ranking_warmup_batch_size` pairs, a
+    # softmax over the catalog (training/ranking_warmup.py); 0: off
+    ranking_warmup_steps: int = 0
+    ranking_warmup_batch_size: int = 256
+    ranking_warmup_learning_rate: float = 1e-3
     # The learning curve: every `curve_steps` steps, validation HR@1 / NDCG@5 of the ranking head on
     # the first `curve_users` users of the 20-candidate protocol (one forward per user).
     curve_steps: int = 0
@@ -97,6 +104,11 @@ class FinetuneConfig(TrainerSettings):
         super().__post_init__()
         if self.encoder_learning_rate is not None and not self.encoder_learning_rate > 0:
             raise ValueError(f"encoder_learning_rate must be > 0 (or None for learning_rate), got {self.encoder_learning_rate!r}.")
+        steps = self.ranking_warmup_steps
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+            raise ValueError(f"ranking_warmup_steps must be a whole number >= 0 (0: off), got {steps!r}.")
+        if steps and not self.ranking_head:
+            raise ValueError(f"ranking_warmup_steps={steps} trains the ranking head's item part, but ranking_head is False: set ranking_head: true, or ranking_warmup_steps: 0.")
         # early, with the values build_trainer gives the collator (no head: no negatives)
         check_ranking_only_tasks(self.ranking_only_tasks, self.ranking_tasks or RANKING_TASKS, self.ranking_negatives if self.ranking_head else 0,
                                  f"ranking_head={self.ranking_head}, ")
@@ -358,6 +370,11 @@ def finetune(config: FinetuneConfig) -> dict:
     resume = last_checkpoint(config.output_dir)
     if resume:
         logger.info("Resuming phase 2 from %s", resume)
+    warmup = None
+    if config.ranking_warmup_steps and not resume:  # a resumed run's checkpoint holds the warmed-up head
+        warmup = warm_up_ranking_head(
+            model, config.ranking_warmup_steps, processor, config.data_dir, config.ranking_warmup_batch_size, config.ranking_warmup_learning_rate, config.seed
+        )
     train_output = trainer.train(resume_from_checkpoint=resume)
 
     model_dir = output_dir / "model"
@@ -373,6 +390,7 @@ def finetune(config: FinetuneConfig) -> dict:
         "train_samples_per_second": samples_per_second,
         "train_tokens_per_second": round(samples_per_second * lengths["train"]["mean_tokens"], 1),
         "final_train_loss": train_output.metrics.get("train_loss"),
+        "ranking_warmup": warmup,
         "log_history": trainer.state.log_history,
     }
     if trainer.args.should_save:  # several processes: only the main one writes

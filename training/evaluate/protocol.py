@@ -43,6 +43,12 @@ def load_catalog(data_dir) -> dict:
     return json.loads((Path(data_dir) / "catalog.json").read_text())
 
 
+def built_config(data_dir) -> dict:
+    """The BuildConfig a data folder was built with (stats.json), {} for a folder without one."""
+    stats = Path(data_dir) / "stats.json"
+    return json.loads(stats.read_text()).get("config", {}) if stats.exists() else {}
+
+
 def user_histories(data_dir, split: str) -> dict:
     """{user_id: [item ids before `split`, oldest first]}."""
     if split not in HISTORY_SPLITS:
@@ -127,8 +133,7 @@ def load_protocol(data_dir, split="test", candidates_file=None, users=None, seed
                 f"(e.g. user {wrong[0]}: {rows[wrong[0]][0]!r}, held out: {held_out[wrong[0]]!r}): this file does not match "
                 f"the {split} split of {data_dir}."
             )
-    stats = data_dir / "stats.json"
-    built = json.loads(stats.read_text()).get("config", {}) if stats.exists() else {}
+    built = built_config(data_dir)
     return Protocol(
         split=split,
         candidates_file=candidates_file,
