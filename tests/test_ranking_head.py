@@ -328,7 +328,7 @@ def test_warmup_learns_next_items_from_every_train_pair_and_trains_only_the_head
     before_loss = full_loss()
     frozen = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("item_scorer.")}
     llm_terms = {k: v.clone() for k, v in model.item_scorer.state_dict().items() if k.startswith("query.")}
-    summary = warm_up_ranking_head(model, 40, processor, data_dir, batch_size=16, learning_rate=1e-2)
+    summary = warm_up_ranking_head(model, processor, data_dir, 40, batch_size=16, learning_rate=1e-2)
     assert summary["pairs"] == len(targets) and summary["steps"] == 40 and summary["final_loss"] < summary["first_loss"]
     with torch.no_grad():
         assert full_loss() < before_loss - 0.05  # over all pairs, not only the batches it saw
@@ -342,18 +342,17 @@ def test_warmup_learns_next_items_from_every_train_pair_and_trains_only_the_head
 
 
 def test_warmup_refuses_a_model_without_a_new_head(tiny_components, data_dir):
+    from training.finetune import FinetuneConfig
     from training.ranking_warmup import warm_up_ranking_head
 
     model, processor = warmup_model(tiny_components, data_dir)
     with pytest.raises(ValueError, match="ranking_warmup_steps: 0"):
-        warm_up_ranking_head(model, 1, processor, data_dir)
+        warm_up_ranking_head(model, processor, data_dir, 1)
     model, processor = warmup_model(tiny_components, data_dir, ranking_head=True)
     with torch.no_grad():
         model.item_scorer.query["answer"][1].weight.add_(0.1)  # a head that has learned to read the LLM
     with pytest.raises(ValueError, match="already reads the LLM.*ranking_warmup_steps: 0"):
-        warm_up_ranking_head(model, 1, processor, data_dir)
-    from training.finetune import FinetuneConfig
-
+        warm_up_ranking_head(model, processor, data_dir, 1)
     with pytest.raises(ValueError, match="ranking_head is False: set ranking_head: true, or ranking_warmup_steps: 0"):
         FinetuneConfig(ranking_warmup_steps=1)
     with pytest.raises(ValueError, match="ranking_warmup_steps must be a whole number >= 0"):

@@ -373,7 +373,7 @@ def finetune(config: FinetuneConfig) -> dict:
     warmup = None
     if config.ranking_warmup_steps and not resume:  # a resumed run's checkpoint holds the warmed-up head
         warmup = warm_up_ranking_head(
-            model, config.ranking_warmup_steps, processor, config.data_dir, config.ranking_warmup_batch_size, config.ranking_warmup_learning_rate, config.seed
+            model, processor, config.data_dir, config.ranking_warmup_steps, config.ranking_warmup_batch_size, config.ranking_warmup_learning_rate, config.seed
         )
     train_output = trainer.train(resume_from_checkpoint=resume)
 

@@ -65,7 +65,7 @@ def check_new_head(model):
         )
 
 
-def warm_up_ranking_head(model, steps: int, processor, data_dir, batch_size: int = 256, learning_rate: float = 1e-3, seed: int = 0) -> dict:
+def warm_up_ranking_head(model, processor, data_dir, steps: int, batch_size: int = 256, learning_rate: float = 1e-3, seed: int = 0) -> dict:
     """Trains a new `model.item_scorer`'s key, prior and scale on `next_item_pairs` (histories as long
     as the data build's prompts show) for `steps` steps of `batch_size` pairs, a softmax over the
     catalog. Returns what a run summary keeps."""
