@@ -20,7 +20,7 @@ from torch import nn
 from modeling_ilm import ILMForConditionalGeneration, ILMProcessor
 from training.evaluate.protocol import load_protocol
 from training.evaluate.recommendation import ranking_section
-from training.ranking_warmup import next_item_pairs
+from training.ranking_warmup import history_means, next_item_pairs
 
 
 @torch.no_grad()
@@ -34,11 +34,6 @@ def stages(model) -> dict:
         found["Q-Former outputs"] = encoder(cf, mode="query").last_hidden_state.mean(1)
     found["LLM-space item tokens"] = model.get_item_tokens(item_ids=torch.arange(model.config.num_items)).float().mean(1)
     return found
-
-
-def history_means(vectors, histories):
-    present = (histories >= 0).unsqueeze(-1).to(vectors.dtype)
-    return (vectors[histories.clamp(min=0)] * present).sum(1) / present.sum(1).clamp(min=1)
 
 
 def fit_linear_read(vectors, histories, targets, cosine, steps, seed=0):

@@ -44,14 +44,18 @@ def next_item_pairs(data_dir, processor, history_len: int) -> tuple[torch.Tensor
     return torch.tensor(histories), torch.tensor(targets)
 
 
+def history_means(vectors: torch.Tensor, histories: torch.Tensor) -> torch.Tensor:
+    """`(batch, dim)`: the mean of `vectors` (one row per item) over each history's rows, -1 pads left out."""
+    present = (histories >= 0).unsqueeze(-1).to(vectors.dtype)
+    return (vectors[histories.clamp(min=0)] * present).sum(1) / present.sum(1).clamp(min=1)
+
+
 def item_term_scores(scorer, histories: torch.Tensor, item_tokens: torch.Tensor) -> torch.Tensor:
     """The head's scores `(batch, num_items)` with its LLM terms at zero: each history's mean item
     token as the query's item part (as `_rank` reads the prompt's item tokens)."""
-    token_means = item_tokens.mean(1)
-    present = (histories >= 0).unsqueeze(-1).to(token_means.dtype)
-    history_means = (token_means[histories.clamp(min=0)] * present).sum(1) / present.sum(1).clamp(min=1)
-    no_llm = torch.zeros_like(history_means)
-    return scorer(scorer.queries(no_llm, no_llm, no_llm, history_means), item_tokens)
+    item_part = history_means(item_tokens.mean(1), histories)
+    no_llm = torch.zeros_like(item_part)
+    return scorer(scorer.queries(no_llm, no_llm, no_llm, item_part), item_tokens)
 
 
 def check_new_head(model):
