@@ -161,6 +161,16 @@ ROWS = {
     "ranking_warmup": latest_row("title_unspaced + a ranking warm-up: before phase 2, the new head's item-similarity part (no LLM) trained "
                                  "300 steps x 256 on every train (last 10 items -> next item) pair, a softmax over the catalog",
                                  {"ranking_warmup_steps": 300}, pretrain={"max_steps": 480}, data={"candidate_title_space": False}),
+    # the preset as make main trained it on the machine the next rows ran on (its phase 1 and data build are theirs too)
+    "title_unspaced_bf16": latest_row("title_unspaced (the CPU preset) trained in bfloat16 by make main on a 2-core AMD EPYC with AVX512-BF16, "
+                                      "the machine of the next rows", pretrain={"max_steps": 480}, data={"candidate_title_space": False}),
+    "ranking_pairs": latest_row("ranking_warmup + a pair loss: at every phase-2 step the head's item part also ranks 64 train (last 10 items -> "
+                                "next item) pairs, through the item encoder and adapter as they train",
+                                {"ranking_warmup_steps": 300, "ranking_pairs_per_step": 64, "ranking_pairs_train_adapter": True},
+                                pretrain={"max_steps": 480}, data={"candidate_title_space": False}),
+    "ranking_pairs_encoder": latest_row("ranking_pairs with the pair loss's gradient stopped at the adapter: the pairs train the item encoder and the head's "
+                                        "item part, the adapter learns from the answers only",
+                                        {"ranking_warmup_steps": 300, "ranking_pairs_per_step": 64}, pretrain={"max_steps": 480}, data={"candidate_title_space": False}),
 }
 # Measured by hand on the same 200 validation users while building the ladder (no training involved
 # unless said): what each representation of an item ranks by itself, as item-to-item similarity to
@@ -452,8 +462,8 @@ def run_row(name: str, out: Path, preset: dict, users: int, trained: Path | None
     data = data_dir(out, preset, data_overrides)
     if trained is None:
         init = phase1(out, preset, row.pretrain, data_overrides)
-        # the preset's later levers (bf16, the item prior, the ranking warm-up) undone: each row asks for those it ran with
-        values = {**preset["finetune"], "bf16": False, "ranking_item_prior": False, "ranking_warmup_steps": 0, "init": str(init), **finetune_overrides, "data_dir": str(data), "output_dir": str(row_dir), "name": name}
+        # the preset's later levers (bf16, the item prior, the ranking warm-up and pair loss) undone: each row asks for those it ran with
+        values = {**preset["finetune"], "bf16": False, "ranking_item_prior": False, "ranking_warmup_steps": 0, "ranking_pairs_per_step": 0, "init": str(init), **finetune_overrides, "data_dir": str(data), "output_dir": str(row_dir), "name": name}
         summary = finetune(load_config(FinetuneConfig, values))
     else:
         summary = json.loads((trained / "phase2_results.json").read_text())

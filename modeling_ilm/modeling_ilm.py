@@ -98,14 +98,15 @@ class ILMItemScorer(nn.Module):
         # cosines cannot say that some items are picked more than others: a score per item, from its tokens
         self.prior = nn.Sequential(nn.LayerNorm(llm_hidden), nn.Linear(llm_hidden, 1)) if config.ranking_item_prior else None
 
-    def queries(self, answer: torch.Tensor, users: torch.Tensor, items: torch.Tensor, item_inputs: torch.Tensor) -> torch.Tensor:
+    def queries(self, answer: torch.Tensor | None, users: torch.Tensor | None, items: torch.Tensor | None, item_inputs: torch.Tensor) -> torch.Tensor:
         """Each `(batch, llm_hidden)`: the answer position's state, the mean state over the user
         tokens and over the item tokens, and the mean of the item tokens themselves as the LLM
-        reads them (zeros where a prompt has none)."""
+        reads them (zeros where a prompt has none). The LLM states None: the query's item part
+        alone (with `item_similarity`), what training on interactions without the LLM ranks by."""
         parts = {"answer": answer, "user": users, "item": items}
         dtype = self.logit_scale.dtype
-        with float32_region(answer.device):
-            query = sum(self.query[name](value.to(dtype)) for name, value in parts.items())
+        with float32_region(item_inputs.device):
+            query = sum(self.query[name](value.to(dtype)) for name, value in parts.items() if value is not None)
             if self.item_similarity:
                 query = query + self.key(item_inputs.to(dtype))
             return nn.functional.normalize(query, dim=-1)

@@ -358,3 +358,63 @@ def test_warmup_refuses_a_model_without_a_new_head(tiny_components, data_dir):
     with pytest.raises(ValueError, match="ranking_warmup_steps must be a whole number >= 0"):
         FinetuneConfig(ranking_head=True, ranking_warmup_steps=-5)
 
+
+
+def test_pair_loss_ranks_train_pairs_with_the_heads_item_part_and_trains_the_encoder(tiny_components, data_dir):
+    from training.ranking_warmup import PairRankingLoss, item_term_scores, next_item_pairs
+
+    model, processor = warmup_model(tiny_components, data_dir, ranking_head=True, ranking_item_prior=True)
+    histories, targets = next_item_pairs(data_dir, processor, history_len=3)
+    with torch.no_grad():  # LLM terms that are not zero: the pair loss ranks by the item part alone
+        for part in model.item_scorer.query.values():
+            torch.nn.init.normal_(part[1].weight)
+    # one pair, and negatives enough to draw every catalog item: the loss is the full softmax's
+    one_pair = PairRankingLoss(histories[5:6], targets[5:6], batch_size=4, negatives=50 * model.config.num_items, weight=2.0)
+    everything = model.get_item_tokens(torch.arange(model.config.num_items)).float()
+    expected = 2.0 * torch.nn.functional.cross_entropy(item_term_scores(model.item_scorer, histories[5:6], everything), targets[5:6])
+    torch.testing.assert_close(one_pair(model, step=0), expected)
+
+    pairs = PairRankingLoss(histories, targets, batch_size=8, negatives=16, weight=1.0, seed=3)
+    assert pairs(model, 1).item() == pairs(model, 1).item() != pairs(model, 2).item()  # the step seeds the draw
+    halves = [pairs(model, 1, part, 2).item() for part in (0, 1)]  # a step split in equal parts: its mean
+    assert halves[0] != halves[1] and sum(halves) / 2 == pytest.approx(pairs(model, 1).item(), rel=1e-6)
+    with pytest.raises(ValueError, match="ranking_pairs_per_step=8 must split evenly over the step's 3 micro-batches"):
+        pairs(model, 1, 0, 3)
+    model.train()
+    for train_adapter in (False, True):
+        model.zero_grad(set_to_none=True)
+        PairRankingLoss(histories, targets, 8, 16, 1.0, seed=3, train_adapter=train_adapter)(model, 1).backward()
+        grads = {name: p.grad for name, p in model.named_parameters() if p.requires_grad}
+        assert all(p.requires_grad for p in model.adapter.parameters())  # as it was
+        for prefix in ("item_encoder.", "item_scorer.key.", "item_scorer.prior.", *["adapter."] * train_adapter):  # through the item tokens
+            assert any(g is not None and g.abs().sum() > 0 for name, g in grads.items() if name.startswith(prefix)), prefix
+        untouched = ("item_scorer.query.", "language_model.", *["adapter."] * (not train_adapter))
+        assert all(g is None for name, g in grads.items() if name.startswith(untouched))
+
+    def full_loss():  # over every pair, not only the drawn ones
+        with torch.no_grad():
+            tokens = model.get_item_tokens(torch.arange(model.config.num_items)).float()
+            return torch.nn.functional.cross_entropy(item_term_scores(model.item_scorer, histories, tokens), targets).item()
+
+    before = full_loss()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for step in range(30):
+        optimizer.zero_grad()
+        pairs(model, step).backward()
+        optimizer.step()
+    assert full_loss() < before - 0.05
+
+
+def test_pair_loss_options_are_checked_early(tiny_components, data_dir):
+    from training.finetune import FinetuneConfig
+    from training.ranking_warmup import PairRankingLoss
+
+    with pytest.raises(ValueError, match="ranking_head is False: set ranking_head: true, or ranking_pairs_per_step: 0"):
+        FinetuneConfig(ranking_pairs_per_step=8)
+    with pytest.raises(ValueError, match="ranking_pairs_per_step must be a whole number >= 0"):
+        FinetuneConfig(ranking_head=True, ranking_pairs_per_step=2.5)
+    with pytest.raises(ValueError, match="ranking_pairs_loss_weight must be > 0"):
+        FinetuneConfig(ranking_head=True, ranking_pairs_per_step=8, ranking_pairs_loss_weight=0)
+    model, processor = warmup_model(tiny_components, data_dir, ranking_head=True, ranking_item_similarity=False)
+    with pytest.raises(ValueError, match="ranking_item_similarity, or ranking_pairs_per_step: 0"):
+        PairRankingLoss.for_model(model, processor, data_dir, batch_size=8, negatives=8, weight=1.0)

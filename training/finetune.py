@@ -27,7 +27,7 @@ from training import assets
 from training.atomic import write_text_atomic
 from training.config import config_from_cli
 from training.plots import plot_training_curves
-from training.ranking_warmup import warm_up_ranking_head
+from training.ranking_warmup import PairRankingLoss, warm_up_ranking_head
 from training.trainer import ComponentLossTrainer, TrainerSettings, is_main_process, last_checkpoint, start_run, training_arguments
 
 logger = logging.getLogger(__name__)
@@ -75,6 +75,12 @@ class FinetuneConfig(TrainerSettings):
     ranking_warmup_steps: int = 0
     ranking_warmup_batch_size: int = 256
     ranking_warmup_learning_rate: float = 1e-3
+    # At every phase-2 step the head's item part also ranks this many of those train pairs (a softmax over
+    # their items and `ranking_negatives` sampled ones), through the item encoder as it trains, so the
+    # answer loss does not pull the item tokens away from what the head ranks by; 0: off
+    ranking_pairs_per_step: int = 0
+    ranking_pairs_loss_weight: float = 1.0
+    ranking_pairs_train_adapter: bool = False  # the adapter learns from the pairs too (fewer greedy answers name a candidate)
     # The learning curve: every `curve_steps` steps, validation HR@1 / NDCG@5 of the ranking head on
     # the first `curve_users` users of the 20-candidate protocol (one forward per user).
     curve_steps: int = 0
@@ -104,11 +110,14 @@ class FinetuneConfig(TrainerSettings):
         super().__post_init__()
         if self.encoder_learning_rate is not None and not self.encoder_learning_rate > 0:
             raise ValueError(f"encoder_learning_rate must be > 0 (or None for learning_rate), got {self.encoder_learning_rate!r}.")
-        steps = self.ranking_warmup_steps
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-            raise ValueError(f"ranking_warmup_steps must be a whole number >= 0 (0: off), got {steps!r}.")
-        if steps and not self.ranking_head:
-            raise ValueError(f"ranking_warmup_steps={steps} trains the ranking head's item part, but ranking_head is False: set ranking_head: true, or ranking_warmup_steps: 0.")
+        for option in ("ranking_warmup_steps", "ranking_pairs_per_step"):
+            value = getattr(self, option)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{option} must be a whole number >= 0 (0: off), got {value!r}.")
+            if value and not self.ranking_head:
+                raise ValueError(f"{option}={value} trains the ranking head's item part, but ranking_head is False: set ranking_head: true, or {option}: 0.")
+        if not self.ranking_pairs_loss_weight > 0:
+            raise ValueError(f"ranking_pairs_loss_weight must be > 0 (ranking_pairs_per_step: 0 turns the pair loss off), got {self.ranking_pairs_loss_weight!r}.")
         # early, with the values build_trainer gives the collator (no head: no negatives)
         check_ranking_only_tasks(self.ranking_only_tasks, self.ranking_tasks or RANKING_TASKS, self.ranking_negatives if self.ranking_head else 0,
                                  f"ranking_head={self.ranking_head}, ")
@@ -349,6 +358,10 @@ def build_trainer(config: FinetuneConfig):
         eval_dataset=evaluation,
         processing_class=processor,
         module_learning_rates={"item_encoder.": config.encoder_learning_rate} if config.encoder_learning_rate is not None else None,
+        auxiliary_losses={"pairs": PairRankingLoss.for_model(
+            model, processor, config.data_dir, config.ranking_pairs_per_step, config.ranking_negatives, config.ranking_pairs_loss_weight, config.seed,
+            config.ranking_pairs_train_adapter,
+        )} if config.ranking_pairs_per_step else None,
         callbacks=[RankingCurveCallback(processor, config.data_dir, config.curve_steps, config.curve_users)] if config.curve_steps and config.ranking_head else None,
         data_collator=ChatCollator(
             processor,

@@ -58,9 +58,14 @@ class ComponentLossTrainer(Trainer):
     micro-batch's loss by the accumulation steps.
     """
 
-    def __init__(self, *args, module_learning_rates: dict | None = None, **kwargs):
+    def __init__(self, *args, module_learning_rates: dict | None = None, auxiliary_losses: dict | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.module_learning_rates = module_learning_rates or {}  # parameter-name prefix -> its own peak rate
+        # name -> fn(model, step, part, parts) -> a loss added at every training micro-batch (logged as
+        # loss_<name>): the mean over its `part` of `parts` equal shares of what the step draws (one per
+        # micro-batch of each process), so the step's gradient is that of the whole draw however it is split
+        self.auxiliary_losses = auxiliary_losses or {}
+        self._micro_batch = (-1, 0)  # (step, micro-batches seen in it)
         self._components, self._counts = {}, {}
         self._rank_items = None
 
@@ -100,13 +105,31 @@ class ComponentLossTrainer(Trainer):
         outputs = model(**inputs)
         for name, value in outputs.items():
             if name.startswith("loss_") and value is not None:
-                # summed on the device: no host sync per step; read once per log
-                self._components[name] = self._components.get(name, 0.0) + value.detach().float()
-                self._counts[name] = self._counts.get(name, 0) + 1
+                self._record(name, value)
         loss = outputs.loss
         if num_items_in_batch is not None and loss is not None:
             loss = self._share_of_global_batch(outputs, inputs, num_items_in_batch)
+        if model.training and self.auxiliary_losses:
+            loss = self._add_auxiliary_losses(model, loss, unscaled=num_items_in_batch is not None)
         return (loss, outputs) if return_outputs else loss
+
+    def _record(self, name, value):
+        # summed on the device: no host sync per step; read once per log
+        self._components[name] = self._components.get(name, 0.0) + value.detach().float()
+        self._counts[name] = self._counts.get(name, 0) + 1
+
+    def _add_auxiliary_losses(self, model, loss, unscaled: bool):
+        step = self.state.global_step
+        micro = self._micro_batch[1] if self._micro_batch[0] == step else 0
+        self._micro_batch = (step, micro + 1)
+        parts = self.args.gradient_accumulation_steps * self.args.world_size
+        for name, loss_fn in self.auxiliary_losses.items():
+            value = loss_fn(self.accelerator.unwrap_model(model), step, micro * self.args.world_size + self.args.process_index, parts)
+            self._record(f"loss_{name}", value)
+            if unscaled:  # Trainer divides by the accumulation steps only the losses it scales itself
+                value = value / self.args.gradient_accumulation_steps
+            loss = value if loss is None else loss + value
+        return loss
 
     def _share_of_global_batch(self, outputs, inputs, num_items_in_batch):
         """The micro-batch's means (answer tokens; ranking examples) as their part of the means over
