@@ -396,6 +396,27 @@ DIAGNOSTICS = [
     "steps 50 / 100 / 150. The dip at step 50 is neither stale keys alone nor the LLM terms alone, and with slow LLM "
     "terms the head ends lower: those terms earn their place late in phase 2. The preset does not take the warm-up; "
     "the option stays (`ranking_warmup_steps`).",
+    "- title_unspaced_bf16, ranking_pairs, ranking_pairs_encoder ran on a 2-core AMD EPYC with AVX512-BF16 (bfloat16 "
+    "training and evaluation) from the phase 1 and data build of the make-main run that trained title_unspaced_bf16. "
+    "ranking_pairs adds to the warm-up a pair loss (`ranking_pairs_per_step`): at every phase-2 step the head's item "
+    "part also ranks 64 train (last 10 items -> next item) pairs, a softmax over their items and 256 sampled ones, "
+    "through the item encoder and adapter as they train, so the answer loss cannot pull the item tokens away from what "
+    "the head ranks by (the two earlier patches moved only the key). Curves (steps 0 / 50 / 100 / 150 / 200): "
+    "ranking_pairs 0.490 / 0.395 / 0.485 / 0.460 / 0.445, ranking_pairs_encoder 0.490 / 0.380 / 0.470 / 0.455 / 0.455; "
+    "title_unspaced_bf16 0.375 / - / 0.385 / - / 0.455 (steps 0 / 100 / 200).",
+    "- On these first 200 users the three heads end alike (0.455 / 0.445 / 0.455), but over all 943 validation users "
+    "(benchmarks/paired.py --users 943, ~1.3 min per model) they do not: title_unspaced_bf16 0.413 [0.382, 0.444], "
+    "ranking_pairs and ranking_pairs_encoder 0.469 [0.439, 0.502] each, paired +0.056 [+0.029, +0.083] over the "
+    "preset; ALS user·item 0.437 [0.406, 0.467], popularity 0.256. With the LLM terms zeroed, the item part alone ranks "
+    "0.367 in the preset's head and 0.466 in ranking_pairs' (all 943 users): the pair loss keeps the item tokens' CF "
+    "geometry through phase 2, and the LLM terms then add to it. The 200 users' CIs (about +-0.07) cannot see a "
+    "lever of this size; the full-catalog HR@10 moves with it (0.210 against 0.155 on the 200).",
+    "- The pair loss's gradient through the adapter cost the greedy answers: valid 0.865 [0.815, 0.910] against 0.985, "
+    "greedy HR@1 0.085 against 0.220 (ranking_pairs). Stopped at the adapter (ranking_pairs_encoder; the default, "
+    "`ranking_pairs_train_adapter: false`), the pairs train the encoder and the head's item part while the adapter, "
+    "which places the item tokens where the frozen LLM reads them, learns from the answers only: valid 0.955 [0.920, "
+    "0.980], greedy HR@1 0.125 (still below the preset's 0.220), the head as in ranking_pairs. Phase 2 took 12.9 min "
+    "against 10.4 (the pairs' item tokens through the float32 encoder). The CPU preset takes ranking_pairs_encoder.",
 ]
 METRICS = [
     ("HR@1 (likelihood, sum)", "ranking", "hr@1"),

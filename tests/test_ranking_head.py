@@ -359,7 +359,6 @@ def test_warmup_refuses_a_model_without_a_new_head(tiny_components, data_dir):
         FinetuneConfig(ranking_head=True, ranking_warmup_steps=-5)
 
 
-
 def test_pair_loss_ranks_train_pairs_with_the_heads_item_part_and_trains_the_encoder(tiny_components, data_dir):
     from training.ranking_warmup import PairRankingLoss, item_term_scores, next_item_pairs
 

@@ -135,9 +135,9 @@ class PairRankingLoss:
     """Phase 2's auxiliary loss: the head's item part (`item_term_scores`) ranks `batch_size` train
     (history -> next item) pairs per step, a softmax over the items they name and `negatives`
     uniformly drawn catalog items, with item tokens from the encoder as it trains (and the adapter,
-    with `train_adapter`); `weight` times the mean cross-entropy. A step's draw is seeded by (seed, step), so a resumed run
-    draws what the uninterrupted one would, and each micro-batch of each process takes an equal part
-    of its pairs (`part` of `parts`)."""
+    with `train_adapter`); `weight` times the mean cross-entropy. A step's draw is seeded by (seed,
+    step), so a resumed run draws what the uninterrupted one would, and each micro-batch of each
+    process takes an equal part of its pairs (`part` of `parts`)."""
 
     def __init__(self, histories: torch.Tensor, targets: torch.Tensor, batch_size: int, negatives: int, weight: float, seed: int = 0, train_adapter: bool = False):
         self.histories, self.targets = histories, targets
