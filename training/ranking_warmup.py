@@ -50,6 +50,11 @@ def next_item_pairs(data_dir, processor, history_len: int) -> tuple[torch.Tensor
     return torch.tensor(histories), torch.tensor(targets)
 
 
+def train_pairs(data_dir, processor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`next_item_pairs` with histories as long as the data build's prompts show."""
+    return next_item_pairs(data_dir, processor, built_config(data_dir).get("history_len", 10))
+
+
 def history_means(vectors: torch.Tensor, histories: torch.Tensor) -> torch.Tensor:
     """`(batch, dim)`: the mean of `vectors` (one row per item) over each history's rows, -1 pads left out."""
     present = (histories >= 0).unsqueeze(-1).to(vectors.dtype)
@@ -84,7 +89,7 @@ def warm_up_ranking_head(model, processor, data_dir, steps: int, batch_size: int
     catalog. Returns what a run summary keeps."""
     check_new_head(model)
     start = time.perf_counter()
-    histories, targets = next_item_pairs(data_dir, processor, built_config(data_dir).get("history_len", 10))
+    histories, targets = train_pairs(data_dir, processor)
     with torch.no_grad(), float32_region(model.device):
         item_tokens = model.get_item_tokens(item_ids=torch.arange(model.config.num_items, device=model.device)).float()
     scorer = model.item_scorer
@@ -146,7 +151,7 @@ class PairRankingLoss:
     @classmethod
     def for_model(cls, model, processor, data_dir, batch_size: int, negatives: int, weight: float, seed: int = 0, train_adapter: bool = False) -> "PairRankingLoss":
         check_item_part(model, "ranking_pairs_per_step")
-        histories, targets = next_item_pairs(data_dir, processor, built_config(data_dir).get("history_len", 10))
+        histories, targets = train_pairs(data_dir, processor)
         logger.info("Pair loss: %d train (history -> next item) pairs, %d per step, weight %s", len(targets), batch_size, weight)
         return cls(histories, targets, batch_size, negatives, weight, seed, train_adapter)
 
